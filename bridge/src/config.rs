@@ -1,0 +1,89 @@
+//! The bridge's command line; every flag is also an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ops::telemetry::LogFormat;
+
+/// `warren-bridge`: publishes chat messages to RabbitMQ streams and streams
+/// rooms back to gateways over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "warren-bridge", version, about)]
+pub struct Config {
+    /// Address of the gRPC server the gateways attach to.
+    #[arg(long, env = "BRIDGE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server (`/healthz`, `/readyz`).
+    #[arg(long, env = "BRIDGE_ADMIN_LISTEN", default_value = "127.0.0.1:9181")]
+    pub admin_listen: SocketAddr,
+
+    /// This bridge's name in logs.
+    #[arg(long, env = "BRIDGE_INSTANCE", default_value = "bridge")]
+    pub instance: String,
+
+    /// RabbitMQ URL. Holds the broker password: pass it by environment in production.
+    #[arg(
+        long,
+        env = "BRIDGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// How long a room keeps its history (RabbitMQ `x-max-age`, e.g. `7D`, `12h`, `30m`).
+    #[arg(long, env = "BRIDGE_STREAM_MAX_AGE", default_value = "7D", value_parser = parse_max_age)]
+    pub stream_max_age: String,
+
+    /// The most history a room keeps, in bytes (RabbitMQ `x-max-length-bytes`).
+    #[arg(long, env = "BRIDGE_STREAM_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub stream_max_bytes: u64,
+
+    /// Size of one stream segment file; retention drops whole segments, so
+    /// smaller segments make retention finer.
+    #[arg(long, env = "BRIDGE_STREAM_SEGMENT_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub stream_segment_bytes: u64,
+
+    /// How long a publish may wait for the broker's confirm.
+    #[arg(long, env = "BRIDGE_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// How long shutdown waits for gateways to move and tasks to end.
+    #[arg(long, env = "BRIDGE_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "BRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// RabbitMQ's `x-max-age` syntax: a number and one of Y, M, D, h, m, s.
+fn parse_max_age(value: &str) -> Result<String, String> {
+    let (number, unit) = value.split_at(value.len().saturating_sub(1));
+    let valid_unit = matches!(unit, "Y" | "M" | "D" | "h" | "m" | "s");
+    if valid_unit && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a number followed by Y, M, D, h, m or s (e.g. 7D)".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let config = Config::try_parse_from(["warren-bridge"]).expect("defaults are valid");
+        assert_eq!(config.stream_max_age, "7D");
+        assert_eq!(config.publish_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn max_age_is_checked() {
+        assert!(Config::try_parse_from(["warren-bridge", "--stream-max-age", "12h"]).is_ok());
+        assert!(Config::try_parse_from(["warren-bridge", "--stream-max-age", "7days"]).is_err());
+        assert!(Config::try_parse_from(["warren-bridge", "--stream-max-age", "D"]).is_err());
+    }
+}

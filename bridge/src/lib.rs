@@ -1,0 +1,93 @@
+//! Warren's bridge: the worker between gateways and RabbitMQ.
+//!
+//! Gateways attach over gRPC (`proto::warren::v1`); the bridge publishes their
+//! messages to one RabbitMQ stream per room, with publisher confirms, and
+//! streams every subscribed room back to each gateway. Several bridges run at
+//! once and share nothing but the broker, so any of them may die.
+//!
+//! - [`config`]: the command line.
+//! - [`amqp`]: the broker connection, kept alive across broker restarts.
+//! - [`room`]: how a room maps onto a stream queue and its messages.
+//! - [`publisher`]: confirmed publishing, ids and de-duplication by cid.
+//! - [`grpc`]: the service gateways attach to.
+//! - [`error`]: the error types and their translation for gateways.
+
+pub mod amqp;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod publisher;
+pub mod room;
+
+use std::sync::Arc;
+
+use proto::warren::v1::bridge_server::BridgeServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::amqp::Broker;
+use crate::config::Config;
+use crate::error::RunError;
+use crate::grpc::BridgeService;
+use crate::publisher::Publisher;
+use crate::room::Retention;
+
+/// Runs the bridge on bound listeners until `shutdown` is cancelled, then
+/// tells the gateways to move, lets publishes in flight finish (at most
+/// `shutdown_grace`) and closes the broker connection.
+///
+/// # Errors
+/// When the gRPC server fails.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let retention = Retention {
+        max_age: config.stream_max_age.clone(),
+        max_bytes: config.stream_max_bytes,
+        segment_bytes: config.stream_segment_bytes,
+    };
+    let broker = Broker::new(config.amqp_url.clone(), retention);
+    // The broker outlives the service so that publishes in flight can finish.
+    let broker_token = CancellationToken::new();
+    let broker_task = tokio::spawn({
+        let (broker, token) = (broker.clone(), broker_token.clone());
+        async move { broker.run(token).await }
+    });
+
+    let tracker = TaskTracker::new();
+    let publisher = Arc::new(Publisher::new(broker.clone(), config.publish_timeout, tracker.clone(), shutdown.clone()));
+    let service = BridgeService::new(broker.clone(), publisher, tracker.clone(), shutdown.clone());
+    let readiness = {
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        move || match (shutdown.is_cancelled(), broker.is_connected()) {
+            (true, _) => Err("shutting down".to_owned()),
+            (false, false) => Err("no broker connection".to_owned()),
+            (false, true) => Ok(()),
+        }
+    };
+    tracker.spawn(ops::admin::serve(admin, Arc::new(readiness), shutdown.clone()));
+    tracing::info!(listen = %config.listen, instance = %config.instance, "bridge serving");
+
+    let served = tonic::transport::Server::builder()
+        .add_service(BridgeServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    let mut served = std::pin::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        // After the signal the server returns once its streams ended;
+        // gateways end them when they see `Draining`, and the grace period
+        // bounds the wait.
+        () = shutdown.cancelled() => tokio::time::timeout(config.shutdown_grace, served).await.unwrap_or(Ok(())),
+    }
+    .map_err(RunError::from);
+    ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
+    broker_token.cancel();
+    let _ = broker_task.await;
+    tracing::info!("bridge stopped");
+    result
+}

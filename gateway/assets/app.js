@@ -1,0 +1,470 @@
+/*
+ * Warren chat client: the script behind chat.html.
+ *
+ * Speaks the client protocol of docs/protocol.md over one WebSocket at /ws:
+ * checks the session, joins the remembered rooms (replaying from the last id
+ * seen after a reconnect), renders messages de-duplicated and sorted by id,
+ * keeps sends pending until their ack and resends them with the same cid
+ * after a reconnect. Reconnects with full-jitter exponential backoff, or
+ * after the delay a draining gateway asks for. User text only ever reaches
+ * the page through textContent.
+ *
+ * Plain ES2020, no modules, no dependencies; loaded with `defer`.
+ */
+(() => {
+  'use strict';
+
+  const DEFAULT_ROOM = 'lobby';
+  const ROOM_RE = /^[a-z0-9_-]{1,64}$/;
+  const MAX_TEXT = 4000;
+  const DEAD_AFTER_MS = 45000;   // no frame at all for this long: the socket is dead
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 20000;
+  const RETRY_SEND_MS = 2000;    // resend after a retryable error on a live socket
+  const STATUS_MS = 5000;
+  const MAX_KEEP = 2000;         // messages kept per room
+  const RETRYABLE = new Set(['unavailable', 'timeout']);
+  const LOGIN = 'login';         // checkSession(): no valid session
+
+  const $ = (id) => document.getElementById(id);
+
+  const st = {
+    user: '',
+    instance: '',
+    conn: 'connecting',     // connected | connecting | reconnecting | offline
+    socket: null,
+    connecting: false,      // a session check is in flight
+    attempt: 0,             // failed attempts since the last welcome
+    reconnectAt: 0,
+    timers: { reconnect: 0, countdown: 0, dead: 0, status: 0 },
+    rooms: new Map(),       // name -> { name, items, ids, lastId, readId, unread, joined }
+    order: [],              // room names in the order shown
+    current: DEFAULT_ROOM,
+    outbox: new Map(),      // cid -> item (a send not acked yet)
+  };
+
+  // === storage: remembered rooms, read markers, the unsent draft ===
+
+  const roomsKey = () => `warren.rooms.${st.user}`;
+  const readKey = () => `warren.read.${st.user}`;
+  const DRAFT_KEY = 'warren.draft';
+
+  function load(store, key, fallback) {
+    try { return JSON.parse(store.getItem(key)) ?? fallback; } catch (_) { return fallback; }
+  }
+
+  function save(store, key, value) {
+    try { store.setItem(key, JSON.stringify(value)); } catch (_) { /* private mode or full */ }
+  }
+
+  function loadRooms() {
+    let names = load(localStorage, roomsKey(), []);
+    if (!Array.isArray(names)) names = [];
+    names = names.filter((n) => typeof n === 'string' && ROOM_RE.test(n));
+    if (!names.includes(DEFAULT_ROOM)) names.unshift(DEFAULT_ROOM);
+    const read = load(localStorage, readKey(), {});
+    names.forEach((n) => { room(n).readId = Number(read[n]) || 0; });
+  }
+
+  function saveRooms() {
+    save(localStorage, roomsKey(), st.order);
+    const read = {};
+    st.order.forEach((n) => { read[n] = room(n).readId; });
+    save(localStorage, readKey(), read);
+  }
+
+  /** The current room is on screen: everything in it counts as read. */
+  function markRead(r) {
+    if (r.name !== st.current || r.readId >= r.lastId) return;
+    r.readId = r.lastId;
+    saveRooms();
+  }
+
+  // === model ===
+
+  function room(name) {
+    let r = st.rooms.get(name);
+    if (!r) {
+      r = { name, items: [], ids: new Set(), lastId: 0, readId: 0, unread: 0, joined: false };
+      st.rooms.set(name, r);
+      st.order.push(name);
+    }
+    return r;
+  }
+
+  /** Index where an item belongs: by id ascending, items without an id (unsent) last. */
+  function slot(r, item) {
+    if (item.id == null) return r.items.length;
+    let i = r.items.length;
+    while (i > 0 && (r.items[i - 1].id == null || r.items[i - 1].id > item.id)) i--;
+    return i;
+  }
+
+  function place(r, item) {
+    const at = slot(r, item);
+    r.items.splice(at, 0, item);
+    if (r.items.length > MAX_KEEP && r.items[0] !== item) r.items.shift().el.remove();
+    if (r.name === st.current) {
+      const next = r.items[at + 1];
+      const list = $('messages');
+      const stick = atBottom(list);
+      list.insertBefore(item.el, next ? next.el : null);
+      if (stick || item.mine) list.scrollTop = list.scrollHeight;
+    }
+  }
+
+  function unplace(r, item) {
+    const at = r.items.indexOf(item);
+    if (at >= 0) r.items.splice(at, 1);
+    item.el.remove();
+  }
+
+  function newItem(fields) {
+    const item = Object.assign({ id: null, ts: 0, cid: null, status: 'ok', mine: false }, fields);
+    item.el = document.createElement('li');
+    paint(item);
+    return item;
+  }
+
+  // === rendering (textContent only) ===
+
+  function paint(item) {
+    const el = item.el;
+    el.className = `msg ${item.status === 'ok' ? '' : item.status}${item.mine ? ' mine' : ''}`.trim();
+    if (item.id != null) el.dataset.id = String(item.id); else delete el.dataset.id;
+    const time = item.ts ? new Date(item.ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '';
+    const state = { pending: 'sending…', failed: 'not sent' }[item.status] || '';
+    el.replaceChildren(h('span', 'user', item.user), h('span', 'time', time),
+      h('span', 'state', state), h('span', 'text', item.text));
+  }
+
+  /** A new element with a class and text (as textContent, never HTML). */
+  function h(tag, cls, text) {
+    const e = document.createElement(tag);
+    e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+
+  function atBottom(el) { return el.scrollHeight - el.scrollTop - el.clientHeight < 40; }
+
+  function renderRoom() {
+    const r = room(st.current);
+    r.unread = 0;
+    markRead(r);
+    $('room-name').textContent = r.name;
+    const list = $('messages');
+    list.replaceChildren(...r.items.map((i) => i.el));
+    list.scrollTop = list.scrollHeight;
+    renderRoomList();
+  }
+
+  function renderRoomList() {
+    const lis = st.order.map((name) => {
+      const r = room(name);
+      const li = h('li', name === st.current ? 'active' : '');
+      const open = h('button', 'open');
+      open.type = 'button';
+      open.append(h('span', 'name', `#${name}`));
+      if (r.unread > 0) open.append(h('span', 'unread', String(r.unread)));
+      open.addEventListener('click', () => switchRoom(name));
+      li.append(open);
+      if (name !== DEFAULT_ROOM) {
+        const leave = h('button', 'leave', '×');
+        leave.type = 'button';
+        leave.title = `Leave #${name}`;
+        leave.addEventListener('click', () => leaveRoom(name));
+        li.append(leave);
+      }
+      return li;
+    });
+    $('rooms').replaceChildren(...lis);
+  }
+
+  function setConn(conn, label) {
+    st.conn = conn;
+    const el = $('conn-state');
+    el.dataset.state = conn;
+    el.textContent = label || conn;
+  }
+
+  function setIdentity(user, instance) {
+    st.user = user;
+    st.instance = instance;
+    $('me').textContent = user;
+    $('instance').textContent = instance;
+  }
+
+  function showStatus(text) {
+    $('status').textContent = text;
+    clearTimeout(st.timers.status);
+    st.timers.status = setTimeout(() => { $('status').textContent = ''; }, STATUS_MS);
+  }
+
+  // === socket ===
+
+  /** Sends a frame if the socket is open; anything that matters is resent after a reconnect. */
+  function transmit(frame) {
+    const ws = st.socket;
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+  }
+
+  function openSocket() {
+    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+    const ws = new WebSocket(url);
+    st.socket = ws;
+    armDeadTimer();
+    ws.onmessage = (ev) => { if (ws === st.socket) { armDeadTimer(); onFrame(ev.data); } };
+    ws.onclose = () => { if (ws === st.socket) lost(); };
+    ws.onerror = () => { if (ws === st.socket) lost(); };
+  }
+
+  function armDeadTimer() {
+    clearTimeout(st.timers.dead);
+    st.timers.dead = setTimeout(() => lost(), DEAD_AFTER_MS);
+  }
+
+  /** The socket is gone (or must go): drop it and schedule a reconnect. */
+  function lost(afterMs) {
+    const ws = st.socket;
+    st.socket = null;
+    clearTimeout(st.timers.dead);
+    if (ws) {
+      ws.onmessage = ws.onclose = ws.onerror = null;
+      try { ws.close(); } catch (_) { /* already closing */ }
+    }
+    st.rooms.forEach((r) => { r.joined = false; });
+    scheduleReconnect(afterMs);
+  }
+
+  function scheduleReconnect(afterMs) {
+    clearTimeout(st.timers.reconnect);
+    let delay = afterMs;
+    if (delay == null) {
+      delay = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** st.attempt);
+      st.attempt++;
+    }
+    st.reconnectAt = Date.now() + delay;
+    st.timers.reconnect = setTimeout(connect, delay);
+    showCountdown();
+  }
+
+  function showCountdown() {
+    clearTimeout(st.timers.countdown);
+    const left = Math.max(0, Math.ceil((st.reconnectAt - Date.now()) / 1000));
+    if (navigator.onLine === false) setConn('offline', `offline, retrying in ${left} s`);
+    else setConn('reconnecting', `reconnecting in ${left} s`);
+    if (left > 0) st.timers.countdown = setTimeout(showCountdown, 250);
+  }
+
+  /** Check the session, then open a socket; 401 goes to the login page. */
+  async function connect() {
+    if (st.connecting || st.socket) return;
+    st.connecting = true;
+    clearTimeout(st.timers.reconnect);
+    clearTimeout(st.timers.countdown);
+    setConn('connecting');
+    try {
+      const s = await checkSession();
+      if (s === LOGIN) { location.href = '/'; return; } // the server shows the login page
+      if (!s) { scheduleReconnect(); return; }
+      if (st.user && s.user !== st.user) { location.reload(); return; } // another login in this browser
+      const first = !st.user;
+      setIdentity(s.user, s.instance);
+      if (first) start();
+      openSocket();
+    } finally {
+      st.connecting = false;
+    }
+  }
+
+  /** GET /session: `{user, instance}`, LOGIN on 401, null on any other failure. */
+  async function checkSession() {
+    try {
+      const res = await fetch('/session', { credentials: 'same-origin', cache: 'no-store' });
+      if (res.status === 401) return LOGIN;
+      if (!res.ok) return null;
+      const s = await res.json();
+      return s && typeof s.user === 'string' ? s : null;
+    } catch (_) {
+      return null; // network error or a body that is not JSON
+    }
+  }
+
+  // === frames ===
+
+  function onFrame(data) {
+    let f;
+    try { f = JSON.parse(data); } catch (_) { return; }
+    if (!f || typeof f !== 'object') return;
+    switch (f.type) {
+      case 'welcome': return onWelcome(f);
+      case 'joined': return onJoined(f);
+      case 'message': return onMessage(f);
+      case 'ack': return onAck(f);
+      case 'error': return onError(f);
+      case 'reconnect': return lost(Math.max(0, Number(f.after_ms) || 0));
+      default: return undefined; // 'left' and anything newer: nothing to do
+    }
+  }
+
+  function onWelcome(f) {
+    if (st.user && f.user !== st.user) { location.reload(); return; }
+    st.attempt = 0;
+    setIdentity(f.user, f.instance);
+    setConn('connected');
+    st.order.forEach((name) => sendJoin(room(name)));
+  }
+
+  function sendJoin(r) {
+    const frame = { type: 'join', room: r.name };
+    if (r.lastId > 0) frame.since = r.lastId;
+    transmit(frame);
+  }
+
+  /** A room is (re)joined: now its unacked sends can go out again. */
+  function onJoined(f) {
+    const r = st.rooms.get(f.room);
+    if (!r) return;
+    r.joined = true;
+    st.outbox.forEach((item) => { if (item.room === r.name) sendItem(item); });
+  }
+
+  function onMessage(f) {
+    if (typeof f.room !== 'string' || typeof f.id !== 'number') return;
+    const r = st.rooms.get(f.room);
+    if (!r) return; // a room we left
+    r.lastId = Math.max(r.lastId, f.id);
+    if (r.ids.has(f.id)) return;
+    r.ids.add(f.id);
+    const own = f.cid && f.user === st.user ? st.outbox.get(f.cid) : null;
+    if (own) { // our own send came back before its ack: it has an id now, still pending
+      unplace(r, own);
+      Object.assign(own, { id: f.id, ts: f.ts });
+      paint(own);
+      place(r, own);
+    } else {
+      place(r, newItem({ id: f.id, user: f.user, text: f.text, ts: f.ts, mine: f.user === st.user }));
+    }
+    if (r.name === st.current) markRead(r);
+    else if (!own && f.id > r.readId) { r.unread++; renderRoomList(); }
+  }
+
+  function onAck(f) {
+    const item = st.outbox.get(f.cid);
+    if (!item || typeof f.id !== 'number') return;
+    st.outbox.delete(f.cid);
+    clearTimeout(item.retry);
+    const r = room(item.room);
+    if (item.id == null && r.ids.has(f.id)) { unplace(r, item); return; } // already shown
+    const moved = item.id !== f.id;
+    if (moved) unplace(r, item);
+    Object.assign(item, { id: f.id, status: 'ok', ts: item.ts || Date.now() });
+    r.ids.add(f.id);
+    paint(item);
+    if (moved) place(r, item);
+  }
+
+  function onError(f) {
+    showStatus(f.message ? `${f.code}: ${f.message}` : String(f.code));
+    const item = f.cid ? st.outbox.get(f.cid) : null;
+    if (!item) return;
+    if (RETRYABLE.has(f.code)) { // stays pending: retry soon, and after any reconnect
+      clearTimeout(item.retry);
+      item.retry = setTimeout(() => sendItem(item), RETRY_SEND_MS * (0.5 + Math.random()));
+      return;
+    }
+    st.outbox.delete(f.cid);
+    item.status = 'failed';
+    paint(item);
+  }
+
+  // === user actions ===
+
+  function newCid() {
+    if (window.crypto && crypto.randomUUID) return `c-${crypto.randomUUID()}`;
+    return `c-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+  }
+
+  function sendItem(item) {
+    if (!st.outbox.has(item.cid) || !room(item.room).joined) return;
+    transmit({ type: 'send', room: item.room, text: item.text, cid: item.cid });
+  }
+
+  function send() {
+    if (!st.user) return;
+    const box = $('send-text');
+    const text = box.value;
+    if (!text.trim()) return;
+    if (text.length > MAX_TEXT) { showStatus(`Messages are at most ${MAX_TEXT} characters.`); return; }
+    const item = newItem({ cid: newCid(), room: st.current, user: st.user, text, status: 'pending', mine: true });
+    st.outbox.set(item.cid, item);
+    place(room(st.current), item);
+    sendItem(item); // if the socket is down it goes out after the re-join
+    box.value = '';
+    saveDraft();
+  }
+
+  function joinRoom() {
+    if (!st.user) return;
+    const input = $('room-input');
+    const name = input.value.trim().toLowerCase().replace(/^#/, '');
+    if (!ROOM_RE.test(name)) { showStatus('Room names are 1 to 64 of a-z, 0-9, "_" or "-".'); return; }
+    input.value = '';
+    const known = st.rooms.has(name);
+    const r = room(name);
+    if (!known) { saveRooms(); sendJoin(r); }
+    switchRoom(name);
+  }
+
+  function leaveRoom(name) {
+    if (name === DEFAULT_ROOM) return;
+    transmit({ type: 'leave', room: name });
+    st.rooms.delete(name);
+    st.order = st.order.filter((n) => n !== name);
+    st.outbox.forEach((item, cid) => { if (item.room === name) st.outbox.delete(cid); });
+    saveRooms();
+    if (st.current === name) st.current = DEFAULT_ROOM;
+    renderRoom();
+  }
+
+  function switchRoom(name) {
+    st.current = name;
+    renderRoom();
+    $('send-text').focus();
+  }
+
+  function saveDraft() { save(sessionStorage, DRAFT_KEY, $('send-text').value); }
+
+  function bindUi() {
+    const box = $('send-text');
+    box.value = String(load(sessionStorage, DRAFT_KEY, ''));
+    box.addEventListener('input', saveDraft);
+    box.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+    });
+    $('send-form').addEventListener('submit', (e) => { e.preventDefault(); send(); });
+    $('join-form').addEventListener('submit', (e) => { e.preventDefault(); joinRoom(); });
+    window.addEventListener('online', () => { if (st.conn === 'offline') connect(); });
+    window.addEventListener('offline', () => { if (!st.socket) showCountdown(); });
+  }
+
+  /** Once the user is known: rooms from storage, first render. */
+  function start() {
+    loadRooms();
+    renderRoom();
+  }
+
+  // Read-only hook for the end-to-end tests.
+  window.warren = {
+    state: () => st.conn,
+    instance: () => st.instance,
+    messages: (name) => {
+      const r = st.rooms.get(name || st.current);
+      return r ? r.items.filter((i) => i.id != null).map((i) => ({ id: i.id, user: i.user, text: i.text })) : [];
+    },
+  };
+
+  bindUi();
+  connect();
+})();

@@ -1,0 +1,133 @@
+//! The gateway's command line; every flag is also an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use ops::telemetry::LogFormat;
+
+/// The secret used when none is configured. Anyone who knows it can forge
+/// sessions, so the gateway warns loudly whenever it is in use.
+pub const DEV_SESSION_SECRET: &str = "warren-development-secret-do-not-use-in-production";
+
+/// `warren-gateway`: serves the pages, holds the browser sockets, checks
+/// sessions in Redis and forwards chat to a bridge.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "warren-gateway", version, about)]
+pub struct Config {
+    /// Address for HTTP and WebSocket traffic.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server (`/healthz`, `/readyz`).
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9081")]
+    pub admin_listen: SocketAddr,
+
+    /// This gateway's name, shown to clients in `welcome` (default: the host name).
+    #[arg(long, env = "GATEWAY_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Redis URL for sessions.
+    #[arg(long, env = "GATEWAY_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Bridges to attach to, comma-separated; the gateway uses one at a time
+    /// and moves to the next when it fails.
+    #[arg(long, env = "GATEWAY_BRIDGE_URLS", value_delimiter = ',', default_value = "http://127.0.0.1:50051")]
+    pub bridge_urls: Vec<String>,
+
+    /// Secret that signs session cookies (shared with any Node app using the
+    /// same sessions). Without it a development secret is used, with a warning.
+    #[arg(long, env = "GATEWAY_SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+
+    /// How long a session lives without a page load or `/session` call.
+    #[arg(long, env = "GATEWAY_SESSION_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub session_max_age: Duration,
+
+    /// Extra origins allowed to open sockets, comma-separated
+    /// (e.g. `https://chat.example.com`). The page's own origin is always allowed.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Mark cookies `Secure` (set when served over HTTPS).
+    #[arg(long, env = "GATEWAY_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
+
+    /// How long shutdown waits for sockets to close.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The instance name: the flag, else the host name, else `gateway`.
+    pub fn instance_name(&self) -> String {
+        self.instance
+            .clone()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()))
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "gateway".to_owned())
+    }
+
+    /// The configured secret, or the development one.
+    pub fn secret(&self) -> &str {
+        self.session_secret.as_deref().unwrap_or(DEV_SESSION_SECRET)
+    }
+
+    /// Checks what clap cannot.
+    ///
+    /// # Errors
+    /// A message for the operator when a value is unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bridge_urls.iter().all(|url| url.trim().is_empty()) {
+            return Err("--bridge-urls: at least one bridge is needed".to_owned());
+        }
+        if self.session_secret.as_deref().is_some_and(str::is_empty) {
+            return Err("--session-secret: must not be empty".to_owned());
+        }
+        if self.session_max_age < Duration::from_secs(60) {
+            return Err("--session-max-age: at least 1m".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::try_parse_from(["warren-gateway"]).expect("defaults parse");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.secret(), DEV_SESSION_SECRET);
+        assert_eq!(config.session_max_age, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn lists_split_on_commas() {
+        let config = Config::try_parse_from([
+            "warren-gateway",
+            "--bridge-urls",
+            "http://a:1,http://b:2",
+            "--allowed-origins",
+            "https://x.example,https://y.example",
+        ])
+        .expect("parses");
+        assert_eq!(config.bridge_urls, ["http://a:1", "http://b:2"]);
+        assert_eq!(config.allowed_origins.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let empty_secret = Config::try_parse_from(["warren-gateway", "--session-secret", ""]).expect("parses");
+        assert!(empty_secret.validate().is_err());
+        let short = Config::try_parse_from(["warren-gateway", "--session-max-age", "5s"]).expect("parses");
+        assert!(short.validate().is_err());
+        assert!(Config::try_parse_from(["warren-gateway", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! What can go wrong serving an HTTP request, and its one mapping to a
+//! response status and a reason the client can read.
+
+use http::StatusCode;
+
+use crate::session::SessionError;
+
+/// A refused HTTP request.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No valid session.
+    #[error("not logged in: {0}")]
+    Unauthorized(SessionError),
+    /// The socket's `Origin` is not allowed.
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such route.
+    #[error("not found")]
+    NotFound,
+    /// The route exists, not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A dependency (Redis) is down; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl HttpError {
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<SessionError> for HttpError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::Store(reason) => {
+                // The detail is for operators; clients get the generic reason.
+                tracing::warn!(%reason, "session store unavailable");
+                Self::Unavailable("session store unavailable; try again shortly".to_owned())
+            }
+            other => Self::Unauthorized(other),
+        }
+    }
+}
+
+/// Why the gateway process could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The Redis pool could not be built from the URL.
+    #[error("redis: {0}")]
+    Redis(#[from] deadpool_redis::CreatePoolError),
+}

@@ -1,0 +1,92 @@
+//! Warren's gateway: the stateless pod that browsers talk to.
+//!
+//! It serves the pages, checks sessions in Redis (shared with Node apps in
+//! the express-session format), holds the browser WebSockets and forwards
+//! chat to a bridge over one gRPC stream. Any gateway serves any request: the
+//! balancer's affinity only saves work, correctness never depends on it.
+//!
+//! - [`config`]: the command line.
+//! - [`server`]: the public port: HTTP routes and the WebSocket upgrade.
+//! - [`pages`]: the embedded login and chat pages.
+//! - [`session`]: sessions in Redis and signed cookies.
+//! - [`ws`]: one socket's reader, writer and frame handling.
+//! - [`protocol`]: the client protocol's frames and rules, pure.
+//! - [`hub`]: rooms, members, replay and gap filling.
+//! - [`upstream`]: the gRPC link to the bridges.
+//! - [`error`]: HTTP errors and their statuses.
+
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod pages;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod upstream;
+pub mod ws;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::RunError;
+use crate::hub::Hub;
+use crate::server::App;
+use crate::session::{SessionStore, Signer};
+use crate::upstream::Upstream;
+use crate::ws::Shared;
+
+/// Runs a gateway on bound listeners until `shutdown` is cancelled; then
+/// stops accepting, reports not-ready, closes every socket with 1012
+/// (service restart) and waits for them, at most `shutdown_grace`.
+///
+/// # Errors
+/// When the Redis URL is unusable.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if config.session_secret.is_none() {
+        tracing::warn!(
+            "NO SESSION SECRET CONFIGURED: using the public development secret; anyone can forge sessions. \
+             Set --session-secret / GATEWAY_SESSION_SECRET."
+        );
+    }
+    let pool =
+        deadpool_redis::Config::from_url(&config.redis_url).create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure);
+
+    let tracker = TaskTracker::new();
+    let upstream = Upstream::new(config.bridge_urls.clone());
+    let hub = Hub::new(upstream.clone(), tracker.clone());
+    let upstream_token = CancellationToken::new();
+    let upstream_task = tokio::spawn(upstream.clone().run(Arc::downgrade(&hub), upstream_token.clone()));
+
+    let instance: Arc<str> = config.instance_name().into();
+    let readiness = {
+        let (upstream, shutdown) = (upstream.clone(), shutdown.clone());
+        move || match (shutdown.is_cancelled(), upstream.is_attached()) {
+            (true, _) => Err("draining".to_owned()),
+            (false, false) => Err("no bridge attached".to_owned()),
+            (false, true) => Ok(()),
+        }
+    };
+    tracker.spawn(ops::admin::serve(admin, Arc::new(readiness), shutdown.clone()));
+
+    let shared =
+        Shared { hub, upstream, instance: instance.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
+    let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone() });
+    tracing::info!(listen = %config.listen, %instance, "gateway serving");
+    server::serve(listener, app, shutdown, config.shutdown_grace).await;
+
+    ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
+    upstream_token.cancel();
+    let _ = upstream_task.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The client protocol v1 (`docs/protocol.md`): JSON frames in and out, and
+//! every rule a frame must follow. Pure: no sockets, no state.
+
+use bytes::Bytes;
+use proto::warren::v1::Message;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The longest message text, in characters.
+pub const MAX_TEXT_CHARS: usize = 4000;
+/// The longest client id of a send.
+pub const MAX_CID_LEN: usize = 64;
+
+/// A frame from the client, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// Join a room, replaying after `since` (or the last 50 without it).
+    Join { room: String, since: Option<u64> },
+    /// Leave a room.
+    Leave { room: String },
+    /// Send a message to a joined room.
+    Send { room: String, text: String, cid: String },
+}
+
+/// Why a client frame was refused: the `error` frame's code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FrameError {
+    /// Machine-readable code (see `docs/protocol.md`).
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+    /// The send this answers, when the frame carried one.
+    pub cid: Option<String>,
+}
+
+impl FrameError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), cid: None }
+    }
+
+    fn with_cid(mut self, cid: Option<String>) -> Self {
+        self.cid = cid;
+        self
+    }
+}
+
+#[derive(Deserialize)]
+struct JoinFields {
+    room: String,
+    since: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct LeaveFields {
+    room: String,
+}
+
+#[derive(Deserialize)]
+struct SendFields {
+    room: String,
+    text: String,
+    cid: String,
+}
+
+/// Parses and validates one text frame.
+///
+/// # Errors
+/// A [`FrameError`] naming the first rule the frame breaks.
+pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|_| FrameError::new("bad_json", "the frame is not valid JSON"))?;
+    let Value::Object(ref object) = value else {
+        return Err(FrameError::new("bad_json", "the frame must be a JSON object"));
+    };
+    let cid = object.get("cid").and_then(Value::as_str).map(str::to_owned);
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FrameError::new("bad_frame", "the frame needs a string field \"type\""))?;
+    let fields_error = |e: serde_json::Error| FrameError::new("bad_frame", format!("{kind}: {e}"));
+    match kind {
+        "join" => {
+            let JoinFields { room, since } = serde_json::from_value(value.clone()).map_err(fields_error)?;
+            check_room(&room)?;
+            Ok(ClientFrame::Join { room, since })
+        }
+        "leave" => {
+            let LeaveFields { room } = serde_json::from_value(value.clone()).map_err(fields_error)?;
+            check_room(&room)?;
+            Ok(ClientFrame::Leave { room })
+        }
+        "send" => {
+            let SendFields { room, text, cid } =
+                serde_json::from_value(value.clone()).map_err(|e| fields_error(e).with_cid(cid.clone()))?;
+            check_cid(&cid)?;
+            let with_cid = |error: FrameError| error.with_cid(Some(cid.clone()));
+            check_room(&room).map_err(with_cid)?;
+            check_text(&text).map_err(with_cid)?;
+            Ok(ClientFrame::Send { room, text, cid })
+        }
+        other => Err(FrameError::new("unknown_type", format!("unknown frame type {other:?}")).with_cid(cid)),
+    }
+}
+
+/// Whether `room` matches `[a-z0-9_-]{1,64}`.
+pub fn is_valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn check_room(room: &str) -> Result<(), FrameError> {
+    if is_valid_room(room) {
+        Ok(())
+    } else {
+        Err(FrameError::new("bad_room", "room names are 1-64 of a-z, 0-9, '_' and '-'"))
+    }
+}
+
+fn check_text(text: &str) -> Result<(), FrameError> {
+    if text.trim().is_empty() {
+        return Err(FrameError::new("bad_text", "the text is empty"));
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(FrameError::new("bad_text", format!("the text is over {MAX_TEXT_CHARS} characters")));
+    }
+    Ok(())
+}
+
+fn check_cid(cid: &str) -> Result<(), FrameError> {
+    if cid.is_empty() || cid.len() > MAX_CID_LEN {
+        return Err(FrameError::new("bad_cid", format!("cid must be 1 to {MAX_CID_LEN} characters")));
+    }
+    Ok(())
+}
+
+/// A frame to the client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    /// First frame on every socket.
+    Welcome { user: &'a str, instance: &'a str },
+    /// A join took effect.
+    Joined { room: &'a str },
+    /// A leave took effect.
+    Left { room: &'a str },
+    /// A chat message.
+    Message { room: &'a str, id: u64, user: &'a str, text: &'a str, ts: i64, cid: &'a str },
+    /// A send is durable.
+    Ack { cid: &'a str, id: u64 },
+    /// Something was refused.
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
+    },
+    /// Reconnect (elsewhere) after this delay.
+    Reconnect { after_ms: u64 },
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text, ready to share between sockets.
+    pub fn encode(&self) -> Bytes {
+        // Serializing these plain structs cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// The `message` frame for a bridge message.
+    pub fn message(message: &Message) -> ServerFrame<'_> {
+        ServerFrame::Message {
+            room: &message.room,
+            id: message.id,
+            user: &message.user,
+            text: &message.text,
+            ts: message.ts,
+            cid: &message.cid,
+        }
+    }
+}
+
+impl FrameError {
+    /// The `error` frame that answers this.
+    pub fn encode(&self) -> Bytes {
+        ServerFrame::Error { code: self.code, message: &self.message, cid: self.cid.as_deref() }.encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> &'static str {
+        decode(text).expect_err("must be refused").code
+    }
+
+    #[test]
+    fn valid_frames() {
+        assert_eq!(
+            decode(r#"{"type":"join","room":"lobby","since":41}"#),
+            Ok(ClientFrame::Join { room: "lobby".into(), since: Some(41) })
+        );
+        assert_eq!(
+            decode(r#"{"type":"join","room":"lobby"}"#),
+            Ok(ClientFrame::Join { room: "lobby".into(), since: None })
+        );
+        assert_eq!(decode(r#"{"type":"leave","room":"a-b_1"}"#), Ok(ClientFrame::Leave { room: "a-b_1".into() }));
+        assert_eq!(
+            decode(r#"{"type":"send","room":"lobby","text":"hi","cid":"c-1","user":"mallory"}"#),
+            Ok(ClientFrame::Send { room: "lobby".into(), text: "hi".into(), cid: "c-1".into() })
+        );
+    }
+
+    #[test]
+    fn each_rule_has_its_code() {
+        assert_eq!(code("{not json"), "bad_json");
+        assert_eq!(code("[1,2]"), "bad_json");
+        assert_eq!(code(r#"{"room":"lobby"}"#), "bad_frame");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");
+        assert_eq!(code(r#"{"type":"join","room":7}"#), "bad_frame");
+        assert_eq!(code(r#"{"type":"join","room":"lobby","since":-1}"#), "bad_frame");
+        assert_eq!(code(r#"{"type":"join","room":"Lobby!"}"#), "bad_room");
+        assert_eq!(code(r#"{"type":"send","room":"lobby","text":"  ","cid":"c"}"#), "bad_text");
+        let long = "x".repeat(MAX_TEXT_CHARS + 1);
+        assert_eq!(code(&format!(r#"{{"type":"send","room":"lobby","text":"{long}","cid":"c"}}"#)), "bad_text");
+        assert_eq!(code(r#"{"type":"send","room":"lobby","text":"hi","cid":""}"#), "bad_cid");
+    }
+
+    #[test]
+    fn send_errors_carry_the_cid() {
+        let error = decode(r#"{"type":"send","room":"lobby","text":"","cid":"c-9"}"#).expect_err("empty");
+        assert_eq!(error.cid.as_deref(), Some("c-9"));
+        let json: Value = serde_json::from_slice(&error.encode()).expect("json");
+        assert_eq!(json["type"], "error");
+        assert_eq!(json["cid"], "c-9");
+    }
+
+    #[test]
+    fn text_limit_counts_characters_not_bytes() {
+        let text = "é".repeat(MAX_TEXT_CHARS);
+        assert!(check_text(&text).is_ok());
+    }
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let json: Value =
+            serde_json::from_slice(&ServerFrame::Welcome { user: "a", instance: "gw-1" }.encode()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"welcome","user":"a","instance":"gw-1"}));
+        let json: Value = serde_json::from_slice(&ServerFrame::Reconnect { after_ms: 5 }.encode()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"reconnect","after_ms":5}));
+    }
+}

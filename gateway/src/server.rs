@@ -1,0 +1,273 @@
+//! The public port: HTTP/1.1 routes and the WebSocket upgrade.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /` | the chat page with a session (after replacing its id), else the login page |
+//! | `POST /login` | a fresh session and `303 /`, or `400` with the reason |
+//! | `POST /logout` | the session deleted, `303 /` |
+//! | `GET /session` | `200 {"user","instance"}` with a replaced id, or `401` |
+//! | `GET /ws` | the upgrade; `401` without a session, `403` for a foreign `Origin` |
+//! | `GET /assets/*` | the page's script and styles |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::HttpError;
+use crate::pages;
+use crate::session::{Session, SessionStore, UserName};
+use crate::ws::{Handler, Shared};
+
+/// The largest form body `POST /login` reads.
+const MAX_FORM_BYTES: usize = 8 * 1024;
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                        img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+type Reply = Response<Full<Bytes>>;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    /// Sessions in Redis.
+    pub sessions: SessionStore,
+    /// What sockets share.
+    pub shared: Shared,
+    /// Origins allowed besides the page's own.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Accepts connections until `shutdown`, then lets requests in flight finish
+/// (at most `grace`). Sockets are not waited for here: they drain on their own.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken, grace: Duration) {
+    // Plain HTTP connections; sockets leave this set at upgrade and are
+    // tracked (and drained) by the socket handlers.
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |request| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    ops::shutdown::wait_tasks(&connections, grace).await;
+}
+
+impl App {
+    async fn handle(&self, request: Request<Incoming>) -> Reply {
+        let route = (request.method().clone(), request.uri().path().to_owned());
+        let result = match (&route.0, route.1.as_str()) {
+            (&Method::GET, "/") => self.index(request.headers()).await,
+            (&Method::POST, "/login") => self.login(request).await,
+            (&Method::POST, "/logout") => self.logout(request.headers()).await,
+            (&Method::GET, "/session") => self.session(request.headers()).await,
+            (&Method::GET, "/ws") => self.upgrade(request).await,
+            (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
+            (_, "/" | "/login" | "/logout" | "/session" | "/ws") => Err(HttpError::MethodNotAllowed),
+            _ => Err(HttpError::NotFound),
+        };
+        result.unwrap_or_else(|error| error_reply(&route.1, &error))
+    }
+
+    async fn index(&self, headers: &HeaderMap) -> Result<Reply, HttpError> {
+        match self.sessions.authenticate(headers).await {
+            Ok(session) => {
+                let fresh = self.sessions.regenerate(&session).await?;
+                let mut reply = page(StatusCode::OK, pages::chat());
+                self.set_cookie(&mut reply, &fresh);
+                Ok(reply)
+            }
+            Err(error) => match HttpError::from(error) {
+                HttpError::Unauthorized(_) => Ok(page(StatusCode::OK, pages::login(""))),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn login(&self, request: Request<Incoming>) -> Result<Reply, HttpError> {
+        let previous = self.sessions.id_from_headers(request.headers()).ok();
+        let body = Limited::new(request.into_body(), MAX_FORM_BYTES)
+            .collect()
+            .await
+            .map_err(|_| HttpError::BadRequest("the form is too large or was cut off".to_owned()))?
+            .to_bytes();
+        let user = url::form_urlencoded::parse(&body)
+            .find(|(key, _)| key == "user")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        let user = match UserName::try_from(user) {
+            Ok(user) => user,
+            Err(reason) => return Ok(page(StatusCode::BAD_REQUEST, pages::login(reason))),
+        };
+        if let Some(previous) = previous {
+            // A login always starts a new session: the old id must not live on.
+            self.sessions.destroy(&previous).await?;
+        }
+        let session = self.sessions.create(user).await?;
+        tracing::info!(user = session.user.as_str(), "login");
+        let mut reply = redirect_home();
+        self.set_cookie(&mut reply, &session);
+        Ok(reply)
+    }
+
+    async fn logout(&self, headers: &HeaderMap) -> Result<Reply, HttpError> {
+        if let Ok(id) = self.sessions.id_from_headers(headers) {
+            self.sessions.destroy(&id).await?;
+        }
+        let mut reply = redirect_home();
+        append_cookie(&mut reply, &self.sessions.clear_cookie());
+        Ok(reply)
+    }
+
+    async fn session(&self, headers: &HeaderMap) -> Result<Reply, HttpError> {
+        let session = self.sessions.authenticate(headers).await?;
+        let fresh = self.sessions.regenerate(&session).await?;
+        let body = serde_json::json!({ "user": fresh.user.as_str(), "instance": &*self.shared.instance });
+        let mut reply = json(StatusCode::OK, &body);
+        self.set_cookie(&mut reply, &fresh);
+        Ok(reply)
+    }
+
+    async fn upgrade(&self, mut request: Request<Incoming>) -> Result<Reply, HttpError> {
+        if !fastwebsockets::upgrade::is_upgrade_request(&request) {
+            return Err(HttpError::BadRequest("expected a WebSocket upgrade".to_owned()));
+        }
+        if !self.origin_allowed(request.headers()) {
+            return Err(HttpError::ForbiddenOrigin);
+        }
+        let session = self.sessions.authenticate(request.headers()).await?;
+        let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
+            .map_err(|error| HttpError::BadRequest(format!("bad upgrade: {error}")))?;
+        let shared = self.shared.clone();
+        self.shared.tracker.spawn(async move {
+            match upgrade.await {
+                Ok(ws) => Handler::run(ws, session, shared).await,
+                Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Ok(Response::from_parts(parts, Full::default()))
+    }
+
+    /// Same-origin (the `Host` the request came to), an allowed origin, or no
+    /// `Origin` at all (not a browser, so no cross-site hijacking).
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return true;
+        };
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let same_origin = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|rest| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+        same_origin || self.allowed_origins.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+
+    fn set_cookie(&self, reply: &mut Reply, session: &Session) {
+        append_cookie(reply, &self.sessions.set_cookie(&session.id));
+    }
+}
+
+fn asset(name: &str) -> Result<Reply, HttpError> {
+    let asset = pages::asset(name).ok_or(HttpError::NotFound)?;
+    let mut reply = Response::new(Full::new(Bytes::from_static(asset.body.as_bytes())));
+    let headers = reply.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(reply)
+}
+
+fn page(status: StatusCode, body: Bytes) -> Reply {
+    let mut reply = Response::new(Full::new(body));
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    reply
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
+}
+
+fn redirect_home() -> Reply {
+    let mut reply = Response::new(Full::default());
+    *reply.status_mut() = StatusCode::SEE_OTHER;
+    reply.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
+    reply.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
+}
+
+fn append_cookie(reply: &mut Reply, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        reply.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// The one mapping from a refused request to a response: JSON with the
+/// reason for the API routes, plain text elsewhere.
+fn error_reply(path: &str, error: &HttpError) -> Reply {
+    let status = error.status();
+    if path == "/session" || path == "/ws" {
+        return json(status, &serde_json::json!({ "error": error.to_string() }));
+    }
+    let mut reply = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    reply
+}

@@ -1,0 +1,408 @@
+//! Sessions in Redis, in the format of the npm packages `express-session` and
+//! `connect-redis`, so that a Node app and Warren can share logins.
+//!
+//! - Redis key `sess:<sid>`, value JSON `{"cookie":{...},"user":"alice"}`,
+//!   TTL = the cookie's max age.
+//! - Cookie `jsessionid` = URL-encoded `s:<sid>.<sig>`, where `sig` is the
+//!   unpadded base64 HMAC-SHA256 of `<sid>` keyed by the secret (exactly what
+//!   `cookie-signature` computes).
+//!
+//! Every page load and `/session` call replaces the session id ("regenerate",
+//! the seed's fix that moves balancer affinity to a live instance). The old id
+//! is not deleted at once but given a short grace TTL, so that a request
+//! already in flight with the old cookie is not bounced to the login page.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use deadpool_redis::redis::AsyncCommands;
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The cookie that carries the session, and that the balancer's affinity keys on.
+pub const COOKIE_NAME: &str = "jsessionid";
+/// How long a replaced session id keeps working.
+pub const REGENERATE_GRACE: Duration = Duration::from_secs(10);
+const KEY_PREFIX: &str = "sess:";
+
+/// What `encodeURIComponent` leaves alone; everything else is escaped.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// Why a request has no usable session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No `jsessionid` cookie.
+    #[error("no session cookie")]
+    NoCookie,
+    /// The cookie is malformed or its signature does not match.
+    #[error("invalid session cookie")]
+    BadSignature,
+    /// The cookie is valid but the session is gone (logged out or expired).
+    #[error("session expired or logged out")]
+    Unknown,
+    /// Redis could not be asked.
+    #[error("session store unavailable: {0}")]
+    Store(String),
+}
+
+impl From<deadpool_redis::PoolError> for SessionError {
+    fn from(error: deadpool_redis::PoolError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+impl From<deadpool_redis::redis::RedisError> for SessionError {
+    fn from(error: deadpool_redis::redis::RedisError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+/// A user name: 1-32 of `[A-Za-z0-9_.-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserName(String);
+
+impl UserName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserName {
+    type Error = &'static str;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        if name.is_empty() || name.len() > 32 {
+            return Err("the name must be 1 to 32 characters long");
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+            return Err("the name may contain only letters, digits, '_', '.' and '-'");
+        }
+        Ok(Self(name))
+    }
+}
+
+impl From<UserName> for String {
+    fn from(name: UserName) -> Self {
+        name.0
+    }
+}
+
+/// A session id whose cookie signature has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionId(String);
+
+impl SessionId {
+    fn generate() -> Self {
+        // As express-session's uid-safe(24): 24 random bytes, base64url.
+        let bytes: [u8; 24] = rand::rng().random();
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    fn key(&self) -> String {
+        format!("{KEY_PREFIX}{}", self.0)
+    }
+}
+
+/// A logged-in session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Its id.
+    pub id: SessionId,
+    /// Who is logged in.
+    pub user: UserName,
+}
+
+/// The stored record, as express-session writes it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    cookie: CookieRecord,
+    user: Option<UserName>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CookieRecord {
+    original_max_age: Option<u64>,
+    expires: Option<String>,
+    #[serde(default)]
+    secure: bool,
+    #[serde(default)]
+    http_only: bool,
+    #[serde(default = "root_path")]
+    path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    same_site: Option<String>,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+/// Signs and checks cookie values.
+#[derive(Clone)]
+pub struct Signer {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Signer(..)")
+    }
+}
+
+impl Signer {
+    /// A signer keyed by `secret`.
+    pub fn new(secret: &str) -> Self {
+        #[allow(clippy::expect_used)]
+        let mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+        Self { mac }
+    }
+
+    /// The cookie value for `id`, URL-encoded: `s%3A<sid>.<sig>`.
+    pub fn cookie_value(&self, id: &SessionId) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(id.0.as_bytes());
+        let signature = STANDARD_NO_PAD.encode(mac.finalize().into_bytes());
+        utf8_percent_encode(&format!("s:{}.{signature}", id.0), URI_COMPONENT).to_string()
+    }
+
+    /// Checks a cookie value and returns its session id.
+    ///
+    /// Tolerates a `<server>~` prefix that a proxy in cookie-prefix mode adds.
+    ///
+    /// # Errors
+    /// `BadSignature` for anything but a correctly signed value.
+    pub fn verify(&self, cookie_value: &str) -> Result<SessionId, SessionError> {
+        let value = match cookie_value.split_once('~') {
+            Some((_, rest)) if !cookie_value.starts_with("s%3A") && !cookie_value.starts_with("s:") => rest,
+            _ => cookie_value,
+        };
+        let decoded = percent_decode_str(value).decode_utf8().map_err(|_| SessionError::BadSignature)?;
+        let signed = decoded.strip_prefix("s:").ok_or(SessionError::BadSignature)?;
+        let (sid, signature) = signed.rsplit_once('.').ok_or(SessionError::BadSignature)?;
+        let signature = STANDARD_NO_PAD.decode(signature).map_err(|_| SessionError::BadSignature)?;
+        let mut mac = self.mac.clone();
+        mac.update(sid.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| SessionError::BadSignature)?;
+        if sid.is_empty() {
+            return Err(SessionError::BadSignature);
+        }
+        Ok(SessionId(sid.to_owned()))
+    }
+}
+
+/// The session store: Redis plus the cookie rules.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    pool: deadpool_redis::Pool,
+    signer: Signer,
+    max_age: Duration,
+    secure: bool,
+}
+
+impl SessionStore {
+    /// A store on `pool`, signing with `signer`.
+    pub fn new(pool: deadpool_redis::Pool, signer: Signer, max_age: Duration, secure: bool) -> Self {
+        Self { pool, signer, max_age, secure }
+    }
+
+    /// The signed session id in the request's cookies.
+    ///
+    /// # Errors
+    /// `NoCookie` or `BadSignature`.
+    pub fn id_from_headers(&self, headers: &HeaderMap) -> Result<SessionId, SessionError> {
+        let mut found = false;
+        for header in headers.get_all(http::header::COOKIE) {
+            let Ok(header) = header.to_str() else { continue };
+            for cookie in cookie::Cookie::split_parse(header).flatten() {
+                if cookie.name() == COOKIE_NAME {
+                    found = true;
+                    if let Ok(id) = self.signer.verify(cookie.value()) {
+                        return Ok(id);
+                    }
+                }
+            }
+        }
+        Err(if found { SessionError::BadSignature } else { SessionError::NoCookie })
+    }
+
+    /// The logged-in session of a request.
+    ///
+    /// # Errors
+    /// Any [`SessionError`]: no cookie, bad signature, unknown or expired
+    /// session, Redis down.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Session, SessionError> {
+        let id = self.id_from_headers(headers)?;
+        let mut redis = self.pool.get().await?;
+        let raw: Option<String> = redis.get(id.key()).await?;
+        let record: Record = raw.and_then(|raw| serde_json::from_str(&raw).ok()).ok_or(SessionError::Unknown)?;
+        if record.is_expired() {
+            return Err(SessionError::Unknown);
+        }
+        let user = record.user.ok_or(SessionError::Unknown)?;
+        Ok(Session { id, user })
+    }
+
+    /// A fresh session for `user` (a new id every time: no fixation).
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn create(&self, user: UserName) -> Result<Session, SessionError> {
+        let session = Session { id: SessionId::generate(), user };
+        self.save(&session).await?;
+        Ok(session)
+    }
+
+    /// Replaces a session's id, keeping its user; the old id keeps working
+    /// for [`REGENERATE_GRACE`].
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn regenerate(&self, old: &Session) -> Result<Session, SessionError> {
+        let session = self.create(old.user.clone()).await?;
+        let mut redis = self.pool.get().await?;
+        let grace = i64::try_from(REGENERATE_GRACE.as_secs()).unwrap_or(10);
+        // EXPIRE ... LT would keep a shorter TTL; a plain EXPIRE is fine: the
+        // grace is far shorter than any session lifetime.
+        let _: bool = redis.expire(old.id.key(), grace).await?;
+        Ok(session)
+    }
+
+    /// Deletes a session (logout).
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
+        let mut redis = self.pool.get().await?;
+        let _: u64 = redis.del(id.key()).await?;
+        Ok(())
+    }
+
+    async fn save(&self, session: &Session) -> Result<(), SessionError> {
+        let record = Record::new(&session.user, self.max_age, self.secure);
+        let json = serde_json::to_string(&record).map_err(|error| SessionError::Store(error.to_string()))?;
+        let mut redis = self.pool.get().await?;
+        let _: () = redis.set_ex(session.id.key(), json, self.max_age.as_secs().max(1)).await?;
+        Ok(())
+    }
+
+    /// The `Set-Cookie` value that hands `id` to the browser.
+    pub fn set_cookie(&self, id: &SessionId) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!(
+            "{COOKIE_NAME}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            self.signer.cookie_value(id),
+            self.max_age.as_secs()
+        )
+    }
+
+    /// The `Set-Cookie` value that removes the cookie.
+    pub fn clear_cookie(&self) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!("{COOKIE_NAME}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}")
+    }
+
+    /// Whether Redis answers (readiness).
+    pub async fn ping(&self) -> Result<(), SessionError> {
+        let mut redis = self.pool.get().await?;
+        let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut redis).await?;
+        Ok(())
+    }
+}
+
+impl Record {
+    fn new(user: &UserName, max_age: Duration, secure: bool) -> Self {
+        let expires = SystemTime::now() + max_age;
+        Self {
+            cookie: CookieRecord {
+                original_max_age: u64::try_from(max_age.as_millis()).ok(),
+                expires: Some(humantime::format_rfc3339_millis(expires).to_string()),
+                secure,
+                http_only: true,
+                path: root_path(),
+                same_site: Some("lax".to_owned()),
+            },
+            user: Some(user.clone()),
+        }
+    }
+
+    fn is_expired(&self) -> bool {
+        let expires = self.cookie.expires.as_deref().and_then(|at| humantime::parse_rfc3339_weak(at).ok());
+        expires.is_some_and(|at| at <= SystemTime::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_cookie_signature() {
+        // cookie-signature: sign('hello', 'tobiiscool') ===
+        // 'hello.DGDUkGlIkCzPz+C0B064FNgHdEjox7ch8tOBGslZ5QI'
+        let signer = Signer::new("tobiiscool");
+        let value = signer.cookie_value(&SessionId("hello".to_owned()));
+        assert_eq!(value, "s%3Ahello.DGDUkGlIkCzPz%2BC0B064FNgHdEjox7ch8tOBGslZ5QI");
+        assert_eq!(signer.verify(&value).expect("valid"), SessionId("hello".to_owned()));
+    }
+
+    #[test]
+    fn forged_and_malformed_values_are_refused() {
+        let signer = Signer::new("secret");
+        let good = signer.cookie_value(&SessionId::generate());
+        assert!(Signer::new("other").verify(&good).is_err());
+        assert!(signer.verify(&good.replace("s%3A", "")).is_err());
+        assert!(signer.verify(&good[..good.len() - 2]).is_err());
+        assert!(signer.verify("s%3Aabc").is_err());
+        assert!(signer.verify("").is_err());
+        assert!(signer.verify("s%3A.%%%").is_err());
+    }
+
+    #[test]
+    fn a_proxy_prefix_is_tolerated() {
+        let signer = Signer::new("secret");
+        let id = SessionId::generate();
+        let value = signer.cookie_value(&id);
+        assert_eq!(signer.verify(&format!("gw1~{value}")).expect("valid"), id);
+    }
+
+    #[test]
+    fn user_names() {
+        assert!(UserName::try_from("alice.b-c_9".to_owned()).is_ok());
+        assert!(UserName::try_from(String::new()).is_err());
+        assert!(UserName::try_from("x".repeat(33)).is_err());
+        assert!(UserName::try_from("bad name".to_owned()).is_err());
+        assert!(UserName::try_from("<script>".to_owned()).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_expire() {
+        let user = UserName::try_from("alice".to_owned()).expect("valid");
+        let record = Record::new(&user, Duration::from_secs(60), false);
+        let json = serde_json::to_string(&record).expect("serializes");
+        assert!(json.contains(r#""user":"alice""#) && json.contains(r#""httpOnly":true"#));
+        let back: Record = serde_json::from_str(&json).expect("parses");
+        assert!(!back.is_expired());
+        let old: Record = serde_json::from_str(
+            r#"{"cookie":{"originalMaxAge":1,"expires":"2001-01-01T00:00:00.000Z","httpOnly":true,"path":"/"},"user":"bob"}"#,
+        )
+        .expect("parses");
+        assert!(old.is_expired());
+    }
+}

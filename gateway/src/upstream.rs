@@ -1,0 +1,253 @@
+//! The gateway's link to the bridges: one `Attach` stream to one bridge at a
+//! time, moved to the next bridge in the list when it fails or drains.
+//!
+//! On every new stream the gateway subscribes its rooms again after the last
+//! id each has seen, so the rooms resume without a gap; the hub drops anything
+//! seen twice. Publishes are correlated by a request id; those in flight when
+//! a stream breaks fail with a retryable error and the client resends the same
+//! cid (the bridge de-duplicates it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use ops::backoff::Backoff;
+use proto::warren::v1::bridge_client::BridgeClient;
+use proto::warren::v1::bridge_frame::Kind as In;
+use proto::warren::v1::gateway_frame::Kind as Out;
+use proto::warren::v1::{GatewayFrame, HistoryRequest, Message, Publish, Subscribe, Unsubscribe};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::hub::Hub;
+
+/// Frames queued towards the bridge before publishes are refused.
+const OUTBOUND_BUFFER: usize = 4096;
+/// How long a publish waits for the bridge's answer.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A publish that did not get an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct PublishFailure {
+    /// Protocol error code (`unavailable`, `timeout`, ...).
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl PublishFailure {
+    fn unavailable(message: &str) -> Self {
+        Self { code: "unavailable".to_owned(), message: message.to_owned() }
+    }
+}
+
+/// Why a history read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// No bridge right now.
+    #[error("no bridge connected")]
+    Disconnected,
+    /// The bridge answered with an error.
+    #[error("bridge: {0}")]
+    Status(#[from] tonic::Status),
+}
+
+/// The gateway's side of the bridge contract.
+#[derive(Debug)]
+pub struct Upstream {
+    bridges: Vec<String>,
+    state: Mutex<State>,
+    next_request: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The current stream's sender and unary client, while attached.
+    link: Option<Link>,
+    /// Publishes waiting for their answer, by request id.
+    pending: HashMap<u64, oneshot::Sender<Result<u64, PublishFailure>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    frames: mpsc::Sender<GatewayFrame>,
+    client: BridgeClient<Channel>,
+}
+
+impl Upstream {
+    /// An upstream over these bridge URLs, not attached yet.
+    pub fn new(bridges: Vec<String>) -> Arc<Self> {
+        Arc::new(Self { bridges, state: Mutex::new(State::default()), next_request: AtomicU64::new(1) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a bridge stream is up (readiness).
+    pub fn is_attached(&self) -> bool {
+        self.lock().link.is_some()
+    }
+
+    fn send(&self, kind: Out) -> bool {
+        let Some(link) = self.lock().link.clone() else { return false };
+        link.frames.try_send(GatewayFrame { kind: Some(kind) }).is_ok()
+    }
+
+    /// Asks for a room's messages after `after_id` (newest stored without).
+    /// Without a stream this is a no-op: the next stream subscribes anyway.
+    pub fn subscribe(&self, room: &str, after_id: Option<u64>) {
+        self.send(Out::Subscribe(Subscribe { room: room.to_owned(), after_id }));
+    }
+
+    /// Stops a room's messages.
+    pub fn unsubscribe(&self, room: &str) {
+        self.send(Out::Unsubscribe(Unsubscribe { room: room.to_owned() }));
+    }
+
+    /// Publishes and waits for the message's id.
+    ///
+    /// # Errors
+    /// A [`PublishFailure`]; every failure here is worth retrying.
+    pub async fn publish(&self, room: &str, user: &str, text: &str, cid: &str) -> Result<u64, PublishFailure> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock().pending.insert(request_id, tx);
+        let publish = Publish {
+            request_id,
+            room: room.to_owned(),
+            user: user.to_owned(),
+            text: text.to_owned(),
+            cid: cid.to_owned(),
+            traceparent: String::new(),
+        };
+        if !self.send(Out::Publish(publish)) {
+            self.lock().pending.remove(&request_id);
+            return Err(PublishFailure::unavailable("no bridge is connected; retry"));
+        }
+        let answer = tokio::time::timeout(PUBLISH_TIMEOUT, rx).await;
+        self.lock().pending.remove(&request_id);
+        match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(PublishFailure::unavailable("the bridge connection was lost; retry")),
+            Err(_) => Err(PublishFailure {
+                code: "timeout".to_owned(),
+                message: "no answer from the bridge; retry".to_owned(),
+            }),
+        }
+    }
+
+    /// Reads a room's ids `(after_id, up_to_id]` (one page at most).
+    ///
+    /// # Errors
+    /// When no bridge is attached or it fails.
+    pub async fn history(&self, room: &str, after_id: u64, up_to_id: u64) -> Result<Vec<Message>, HistoryError> {
+        let mut client = self.lock().link.as_ref().map(|link| link.client.clone()).ok_or(HistoryError::Disconnected)?;
+        let request = HistoryRequest { room: room.to_owned(), after_id, up_to_id };
+        Ok(client.history(request).await?.into_inner().messages)
+    }
+
+    /// Keeps a stream to some bridge until `shutdown`, feeding `hub`.
+    pub async fn run(self: Arc<Self>, hub: Weak<Hub>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // Always start with the first bridge: operators spread gateways over
+        // bridges by the order of each gateway's list (or one Service URL).
+        for url in self.bridges.iter().cycle() {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.attach(url, &hub, &shutdown).await {
+                Ok(()) => backoff.reset(),
+                Err(error) => tracing::warn!(bridge = %url, %error, "bridge stream failed"),
+            }
+            self.detach();
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.detach();
+    }
+
+    /// One stream's life: connect, resubscribe, read until it ends.
+    async fn attach(
+        &self,
+        url: &str,
+        hub: &Weak<Hub>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let mut client = BridgeClient::new(channel);
+        let (frames, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let mut inbound = match client.attach(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::warn!(bridge = %url, %status, "bridge refused the stream");
+                return Ok(());
+            }
+        };
+        self.lock().link = Some(Link { frames, client });
+        tracing::info!(bridge = %url, "attached to bridge");
+        if let Some(hub) = hub.upgrade() {
+            for (room, after_id) in hub.subscriptions() {
+                self.subscribe(&room, after_id);
+            }
+        }
+        loop {
+            let frame = tokio::select! {
+                frame = inbound.message() => frame,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            let kind = match frame {
+                Ok(Some(frame)) => frame.kind,
+                Ok(None) => return Ok(()),
+                Err(status) => {
+                    tracing::warn!(bridge = %url, %status, "bridge stream broke");
+                    return Ok(());
+                }
+            };
+            match kind {
+                Some(In::Message(message)) => {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.deliver(&message);
+                    }
+                }
+                Some(In::Ack(ack)) => self.answer(ack.request_id, Ok(ack.id)),
+                Some(In::Error(error)) => {
+                    let failure = PublishFailure { code: error.code, message: error.message };
+                    self.answer(error.request_id, Err(failure));
+                }
+                Some(In::Draining(_)) => {
+                    tracing::info!(bridge = %url, "bridge is draining; moving");
+                    return Ok(());
+                }
+                Some(In::Subscribed(_)) | None => {}
+            }
+        }
+    }
+
+    fn answer(&self, request_id: u64, result: Result<u64, PublishFailure>) {
+        if let Some(waiter) = self.lock().pending.remove(&request_id) {
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// Drops the stream and fails every publish waiting on it.
+    fn detach(&self) {
+        let mut state = self.lock();
+        state.link = None;
+        for (_, waiter) in state.pending.drain() {
+            let _ = waiter.send(Err(PublishFailure::unavailable("the bridge connection was lost; retry")));
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! One browser socket: the upgrade's aftermath and the per-socket [`Handler`].
+//!
+//! A socket is two tasks. The reader decodes client frames and acts on them;
+//! the writer drains one bounded queue ([`Outbound`]) into the socket, so
+//! everything the socket is sent (replies, room messages, pongs) goes out in
+//! the order it was queued and a slow socket only ever fills its own queue.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::{Hub, Mailbox, Outbound, SocketId};
+use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
+use crate::session::Session;
+use crate::upstream::Upstream;
+
+/// The largest client message, in bytes. Chat frames are small; anything
+/// bigger is refused with close code 1009.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Frames queued for one socket before it counts as too slow to keep.
+pub const QUEUE_FRAMES: usize = 4096;
+
+/// WebSocket close codes used by the gateway (RFC 6455 section 7.4).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// A frame type the gateway does not take.
+    pub const UNSUPPORTED: u16 = 1003;
+    /// Text that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A policy was broken (e.g. the socket fell too far behind).
+    pub const POLICY: u16 = 1008;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server is restarting: reconnect, probably elsewhere.
+    pub const SERVICE_RESTART: u16 = 1012;
+}
+
+type Stream = TokioIo<Upgraded>;
+
+static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
+
+/// What every socket of a gateway shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Rooms and delivery.
+    pub hub: Arc<Hub>,
+    /// The bridge link, for sends.
+    pub upstream: Arc<Upstream>,
+    /// This gateway's name, for `welcome`.
+    pub instance: Arc<str>,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks every socket task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// The per-socket logic.
+#[derive(Debug)]
+pub struct Handler {
+    id: SocketId,
+    session: Session,
+    shared: Shared,
+    mailbox: Mailbox,
+    rooms: HashSet<String>,
+}
+
+impl Handler {
+    /// Runs a socket to its end: welcome, then frames until either side closes.
+    pub async fn run(mut ws: WebSocket<Stream>, session: Session, shared: Shared) {
+        ws.set_max_message_size(MAX_MESSAGE_BYTES);
+        ws.set_auto_pong(true);
+        ws.set_auto_close(true);
+        let (read, write) = ws.split(tokio::io::split);
+        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
+        let mailbox = Mailbox { tx, evict: shared.shutdown.child_token() };
+        let evict = mailbox.evict.clone();
+        let writer = shared.tracker.spawn(write_loop(write, rx));
+        let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(socket = id, user = session.user.as_str(), "socket open");
+        let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();
+        let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new() };
+        handler.queue(welcome).await;
+        let reason = handler.read_loop(FragmentCollectorRead::new(read), &evict).await;
+        for room in std::mem::take(&mut handler.rooms) {
+            handler.shared.hub.leave(&room, handler.id);
+        }
+        let _ = handler.mailbox.tx.send(Outbound::Close(reason.code, reason.text)).await;
+        drop(handler.mailbox);
+        let _ = writer.await;
+        tracing::info!(socket = id, code = reason.code, reason = reason.text, "socket closed");
+    }
+
+    async fn read_loop(
+        &mut self,
+        mut read: FragmentCollectorRead<ReadHalf<Stream>>,
+        evict: &CancellationToken,
+    ) -> CloseReason {
+        let obligated_tx = self.mailbox.tx.clone();
+        // Frames the protocol obliges us to send (pongs, the close echo) go
+        // through the same queue as everything else.
+        let mut obligated = move |frame: Frame<'_>| {
+            let item = match frame.opcode {
+                OpCode::Close => Outbound::Close(close_code(&frame.payload), ""),
+                _ => Outbound::Pong(bytes::Bytes::copy_from_slice(&frame.payload)),
+            };
+            let tx = obligated_tx.clone();
+            async move { tx.send(item).await.map_err(|_| std::io::Error::other("socket writer gone")) }
+        };
+        loop {
+            let frame = tokio::select! {
+                frame = read.read_frame(&mut obligated) => frame,
+                () = evict.cancelled() => {
+                    return if self.shared.shutdown.is_cancelled() {
+                        CloseReason { code: close::SERVICE_RESTART, text: "server restarting" }
+                    } else {
+                        CloseReason { code: close::POLICY, text: "slow: too far behind" }
+                    };
+                }
+            };
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => return CloseReason::from_error(&error),
+            };
+            match frame.opcode {
+                OpCode::Text => match std::str::from_utf8(&frame.payload) {
+                    Ok(text) => self.on_text(text).await,
+                    Err(_) => return CloseReason { code: close::INVALID_PAYLOAD, text: "text is not UTF-8" },
+                },
+                OpCode::Binary => {
+                    let error = FrameError {
+                        code: "binary_unsupported",
+                        message: "send JSON text frames".to_owned(),
+                        cid: None,
+                    };
+                    self.queue(error.encode()).await;
+                }
+                OpCode::Close => return CloseReason { code: close::NORMAL, text: "" },
+                _ => {}
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let frame = match protocol::decode(text) {
+            Ok(frame) => frame,
+            Err(error) => return self.queue(error.encode()).await,
+        };
+        match frame {
+            ClientFrame::Join { room, since } => {
+                self.queue(ServerFrame::Joined { room: &room }.encode()).await;
+                self.shared.hub.join(&room, self.id, self.mailbox.clone(), since);
+                self.rooms.insert(room);
+            }
+            ClientFrame::Leave { room } => {
+                if self.rooms.remove(&room) {
+                    self.shared.hub.leave(&room, self.id);
+                }
+                self.queue(ServerFrame::Left { room: &room }.encode()).await;
+            }
+            ClientFrame::Send { room, text, cid } => {
+                if !self.rooms.contains(&room) {
+                    let error = FrameError {
+                        code: "not_joined",
+                        message: format!("join {room:?} before sending to it"),
+                        cid: Some(cid),
+                    };
+                    return self.queue(error.encode()).await;
+                }
+                self.spawn_send(room, text, cid);
+            }
+        }
+    }
+
+    /// Publishes in the background so that the socket keeps reading; the ack
+    /// (or error) is queued when the bridge answers.
+    fn spawn_send(&self, room: String, text: String, cid: String) {
+        let (upstream, tx) = (self.shared.upstream.clone(), self.mailbox.tx.clone());
+        let user = self.session.user.as_str().to_owned();
+        self.shared.tracker.spawn(async move {
+            let reply = match upstream.publish(&room, &user, &text, &cid).await {
+                Ok(id) => ServerFrame::Ack { cid: &cid, id }.encode(),
+                Err(failure) => {
+                    ServerFrame::Error { code: &failure.code, message: &failure.message, cid: Some(&cid) }.encode()
+                }
+            };
+            let _ = tx.send(Outbound::Text(reply)).await;
+        });
+    }
+
+    /// Queues a reply, waiting for room if the queue is full: replies are
+    /// few and the client is waiting for them.
+    async fn queue(&self, frame: bytes::Bytes) {
+        let _ = self.mailbox.tx.send(Outbound::Text(frame)).await;
+    }
+}
+
+/// Why a socket ended, as its close frame says.
+#[derive(Debug, Clone, Copy)]
+struct CloseReason {
+    code: u16,
+    text: &'static str,
+}
+
+impl CloseReason {
+    fn from_error(error: &WebSocketError) -> Self {
+        let (code, text) = match error {
+            WebSocketError::FrameTooLarge => (close::TOO_BIG, "message too big"),
+            WebSocketError::InvalidUTF8 => (close::INVALID_PAYLOAD, "text is not UTF-8"),
+            WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
+                (close::NORMAL, "")
+            }
+            _ => (close::POLICY, "protocol error"),
+        };
+        Self { code, text }
+    }
+}
+
+/// The close code in a close frame's payload (1000 when absent).
+fn close_code(payload: &[u8]) -> u16 {
+    match payload {
+        [high, low, ..] => u16::from_be_bytes([*high, *low]),
+        _ => close::NORMAL,
+    }
+}
+
+async fn write_loop(mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>, mut rx: mpsc::Receiver<Outbound>) {
+    while let Some(outbound) = rx.recv().await {
+        let result = match &outbound {
+            Outbound::Text(bytes) if bytes.is_empty() => continue,
+            Outbound::Text(bytes) => write.write_frame(Frame::text(Payload::Borrowed(bytes))).await,
+            Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
+            Outbound::Close(code, reason) => {
+                let _ = write.write_frame(Frame::close(*code, reason.as_bytes())).await;
+                break;
+            }
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+}
