@@ -1,1 +1,21 @@
+//! Warren's one test harness. It starts real processes (bridges, gateways,
+//! HAProxy) against the real Redis and RabbitMQ named by `WARREN_REDIS_URL`
+//! and `WARREN_AMQP_URL`, and talks to them as a client would.
+//!
+//! - [`stack`]: processes on free loopback ports, killed on drop.
+//! - [`http`]: a small HTTP/1.1 client with a cookie.
+//! - [`ws`]: a WebSocket client speaking the JSON protocol.
+//!
+//! The binaries come from the same `target/` directory as the test (build
+//! them first: `cargo build --workspace`), or from `WARREN_BIN_DIR`.
 
+pub mod http;
+pub mod stack;
+pub mod ws;
+
+/// A name no other test run uses, for rooms and users: tests share one
+/// RabbitMQ and one Redis.
+pub fn unique(prefix: &str) -> String {
+    let suffix: u32 = rand::random();
+    format!("{prefix}-{suffix:08x}")
+}

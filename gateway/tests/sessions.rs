@@ -1,0 +1,115 @@
+//! Logins, refreshes and socket refusals, through a real HAProxy in front of
+//! real gateways, against the real Redis.
+
+use anyhow::Context;
+use http::StatusCode;
+use redis::AsyncCommands;
+use testkit::http::Client;
+use testkit::stack::{Shape, Stack, redis_url};
+use testkit::ws::{self, Refused};
+
+fn sid_of(cookie: &str) -> anyhow::Result<String> {
+    let decoded = percent_encoding::percent_decode_str(cookie).decode_utf8()?;
+    let signed = decoded.strip_prefix("s:").context("cookie without s: prefix")?;
+    Ok(signed.rsplit_once('.').context("cookie without signature")?.0.to_owned())
+}
+
+async fn refused(addr: std::net::SocketAddr, cookie: Option<&str>, origin: Option<&str>) -> anyhow::Result<u16> {
+    match ws::connect(addr, cookie, origin).await {
+        Err(Refused::Status(status)) => Ok(status),
+        Err(Refused::Other(error)) => Err(error),
+        Ok(_) => anyhow::bail!("the socket was accepted"),
+    }
+}
+
+#[tokio::test]
+async fn login_refresh_and_session_rotation() -> anyhow::Result<()> {
+    let stack = Stack::start(Shape { bridges: 1, gateways: 2, haproxy: true }).await?;
+    let mut browser = Client::new(stack.front());
+
+    let page = browser.get("/").await?;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("action=\"/login\""), "without a session / is the login page");
+    assert_eq!(browser.get("/session").await?.status, StatusCode::UNAUTHORIZED);
+
+    let bad = browser.request(http::Method::POST, "/login", Some("user=bad%20name%21")).await?;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text().contains("may contain only letters"), "the reason is shown: {}", bad.text());
+    assert!(bad.session_cookie().is_none());
+
+    let user = testkit::unique("alice");
+    let login = browser.login(&user).await?;
+    let cookie = login.headers.get(http::header::SET_COOKIE).context("cookie")?.to_str()?.to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"));
+    let first_sid = sid_of(browser.cookie.as_deref().context("cookie kept")?)?;
+
+    // A refresh keeps you logged in, with a new session id and the same user.
+    let chat = browser.get("/").await?;
+    assert_eq!(chat.status, StatusCode::OK);
+    assert!(chat.text().contains("id=\"me\""), "with a session / is the chat page");
+    assert!(chat.headers.get("content-security-policy").is_some());
+    let second_sid = sid_of(browser.cookie.as_deref().context("cookie kept")?)?;
+    assert_ne!(first_sid, second_sid, "GET / regenerates the session id");
+
+    let session = browser.get("/session").await?;
+    assert_eq!(session.status, StatusCode::OK);
+    assert_eq!(session.json()?["user"], user.as_str());
+    let third_sid = sid_of(browser.cookie.as_deref().context("cookie kept")?)?;
+    assert_ne!(second_sid, third_sid, "GET /session regenerates the session id");
+
+    // The record is in Redis, in the express-session shape, under the new id.
+    let mut redis = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+    let raw: String = redis.get(format!("sess:{third_sid}")).await?;
+    let record: serde_json::Value = serde_json::from_str(&raw)?;
+    assert_eq!(record["user"], user.as_str());
+    assert_eq!(record["cookie"]["httpOnly"], true);
+    let ttl: i64 = redis.ttl(format!("sess:{third_sid}")).await?;
+    assert!(ttl > 86_000, "TTL is the max age, got {ttl}");
+
+    // Logout deletes it.
+    let logout = browser.request(http::Method::POST, "/logout", None).await?;
+    assert_eq!(logout.status, StatusCode::SEE_OTHER);
+    let exists: bool = redis.exists(format!("sess:{third_sid}")).await?;
+    assert!(!exists, "logout deletes the session record");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sockets_need_a_valid_session_and_an_allowed_origin() -> anyhow::Result<()> {
+    let stack = Stack::start(Shape { bridges: 1, gateways: 1, haproxy: true }).await?;
+    let front = stack.front();
+    let mut alice = Client::new(front);
+    alice.login(&testkit::unique("alice")).await?;
+    let cookie = alice.cookie.clone().context("cookie")?;
+
+    assert_eq!(refused(front, None, None).await?, 401, "no cookie");
+    let forged = format!("{}AAAA", &cookie[..cookie.len() - 4]);
+    assert_eq!(refused(front, Some(&forged), None).await?, 401, "forged signature");
+    assert_eq!(refused(front, Some("s%3Anot-signed"), None).await?, 401, "unsigned");
+    assert_eq!(refused(front, Some(&cookie), Some("http://evil.example")).await?, 403, "foreign origin");
+
+    // Same-origin and Origin-less (non-browser) clients get in.
+    let same_origin = format!("http://{front}");
+    let mut socket =
+        ws::connect(front, Some(&cookie), Some(&same_origin)).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert_eq!(socket.next_json().await?["type"], "welcome");
+
+    // Expired: the record says it expired (Redis still has it).
+    let sid = sid_of(&cookie)?;
+    let mut redis = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+    let raw: String = redis.get(format!("sess:{sid}")).await?;
+    let expired = raw.replace(
+        &serde_json::from_str::<serde_json::Value>(&raw)?["cookie"]["expires"].as_str().context("expires")?.to_owned(),
+        "2001-01-01T00:00:00.000Z",
+    );
+    let _: () = redis.set(format!("sess:{sid}"), expired).await?;
+    assert_eq!(refused(front, Some(&cookie), None).await?, 401, "expired session");
+
+    // Deleted: logged out.
+    let mut bob = Client::new(front);
+    bob.login(&testkit::unique("bob")).await?;
+    let bob_cookie = bob.cookie.clone().context("cookie")?;
+    bob.request(http::Method::POST, "/logout", None).await?;
+    assert_eq!(refused(front, Some(&bob_cookie), None).await?, 401, "deleted session");
+    Ok(())
+}

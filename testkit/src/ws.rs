@@ -1,0 +1,225 @@
+//! A WebSocket client that speaks Warren's JSON protocol, for tests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, WebSocketError};
+use http::{Request, header};
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+/// How long a test waits for one frame before failing.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a socket was not opened.
+#[derive(Debug)]
+pub enum Refused {
+    /// The server answered the upgrade with this HTTP status.
+    Status(u16),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A JSON text frame.
+    Json(Value),
+    /// The server closed with this code and reason.
+    Close(u16, String),
+}
+
+/// An open socket. Frames read while looking for a particular one are kept,
+/// in order, for the next read: no helper drops a frame.
+pub struct Socket {
+    ws: FragmentCollector<TokioIo<Upgraded>>,
+    kept: std::collections::VecDeque<Value>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Socket")
+    }
+}
+
+struct SpawnExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpawnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(future);
+    }
+}
+
+/// Opens `/ws` at `addr` with an optional cookie and `Origin`.
+///
+/// # Errors
+/// [`Refused::Status`] when the upgrade is answered with another status.
+pub async fn connect(addr: SocketAddr, cookie: Option<&str>, origin: Option<&str>) -> Result<Socket, Refused> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| Refused::Other(e.into()))?;
+    let mut request = Request::builder()
+        .method("GET")
+        .uri("/ws")
+        .header(header::HOST, addr.to_string())
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
+        .header("Sec-WebSocket-Version", "13");
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, format!("jsessionid={cookie}"));
+    }
+    if let Some(origin) = origin {
+        request = request.header(header::ORIGIN, origin);
+    }
+    let request = request.body(Empty::<Bytes>::new()).map_err(|e| Refused::Other(e.into()))?;
+    match fastwebsockets::handshake::client(&SpawnExecutor, request, stream).await {
+        Ok((ws, _)) => Ok(Socket { ws: FragmentCollector::new(ws), kept: std::collections::VecDeque::new() }),
+        Err(WebSocketError::InvalidStatusCode(status)) => Err(Refused::Status(status)),
+        Err(error) => Err(Refused::Other(error.into())),
+    }
+}
+
+impl Socket {
+    /// Sends a JSON frame.
+    ///
+    /// # Errors
+    /// When the socket is gone.
+    pub async fn send(&mut self, frame: &Value) -> anyhow::Result<()> {
+        self.send_text(&frame.to_string()).await
+    }
+
+    /// Sends raw text (for malformed frames).
+    ///
+    /// # Errors
+    /// When the socket is gone.
+    pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes()))).await?;
+        Ok(())
+    }
+
+    /// Sends a binary frame.
+    ///
+    /// # Errors
+    /// When the socket is gone.
+    pub async fn send_binary(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.ws.write_frame(Frame::binary(Payload::Borrowed(bytes))).await?;
+        Ok(())
+    }
+
+    /// The next frame, within [`FRAME_TIMEOUT`].
+    ///
+    /// # Errors
+    /// On timeout, a broken socket or a frame that is not JSON.
+    pub async fn next_event(&mut self) -> anyhow::Result<Event> {
+        let frame = tokio::time::timeout(FRAME_TIMEOUT, self.ws.read_frame()).await.context("no frame in time")??;
+        match frame.opcode {
+            OpCode::Text => Ok(Event::Json(serde_json::from_slice(&frame.payload)?)),
+            OpCode::Close => {
+                let code = match &*frame.payload {
+                    [high, low, ..] => u16::from_be_bytes([*high, *low]),
+                    _ => 1005,
+                };
+                let reason =
+                    frame.payload.get(2..).map(|r| String::from_utf8_lossy(r).into_owned()).unwrap_or_default();
+                Ok(Event::Close(code, reason))
+            }
+            other => bail!("unexpected {other:?} frame"),
+        }
+    }
+
+    /// The next JSON frame.
+    ///
+    /// # Errors
+    /// On timeout, or when the socket closes instead.
+    pub async fn next_json(&mut self) -> anyhow::Result<Value> {
+        if let Some(kept) = self.kept.pop_front() {
+            return Ok(kept);
+        }
+        self.read_json().await
+    }
+
+    async fn read_json(&mut self) -> anyhow::Result<Value> {
+        match self.next_event().await? {
+            Event::Json(value) => Ok(value),
+            Event::Close(code, reason) => bail!("socket closed: {code} {reason}"),
+        }
+    }
+
+    /// Skips frames until one of this `type` arrives.
+    ///
+    /// # Errors
+    /// As [`Socket::next_json`].
+    pub async fn next_of_type(&mut self, kind: &str) -> anyhow::Result<Value> {
+        self.next_matching(|frame| frame["type"] == kind).await
+    }
+
+    /// The first frame (kept or new) that `wanted` accepts; others are kept.
+    ///
+    /// # Errors
+    /// As [`Socket::next_json`].
+    pub async fn next_matching(&mut self, wanted: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+        if let Some(index) = self.kept.iter().position(&wanted) {
+            return Ok(self.kept.remove(index).unwrap_or_default());
+        }
+        loop {
+            let frame = self.read_json().await?;
+            if wanted(&frame) {
+                return Ok(frame);
+            }
+            self.kept.push_back(frame);
+        }
+    }
+
+    /// Collects `message` frames of `room` until one with `id >= up_to`.
+    ///
+    /// # Errors
+    /// As [`Socket::next_json`].
+    pub async fn messages_until(&mut self, room: &str, up_to: u64) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        loop {
+            let frame = self.next_matching(|f| f["type"] == "message" && f["room"] == room).await?;
+            let id = frame["id"].as_u64().unwrap_or_default();
+            out.push(frame);
+            if id >= up_to {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Joins a room and waits for `joined`.
+    ///
+    /// # Errors
+    /// As [`Socket::next_json`].
+    pub async fn join(&mut self, room: &str, since: Option<u64>) -> anyhow::Result<()> {
+        let mut frame = serde_json::json!({ "type": "join", "room": room });
+        if let Some(since) = since {
+            frame["since"] = since.into();
+        }
+        self.send(&frame).await?;
+        let joined = self.next_of_type("joined").await?;
+        anyhow::ensure!(joined["room"] == room, "joined the wrong room: {joined}");
+        Ok(())
+    }
+
+    /// Sends a message and waits for its ack; returns the id.
+    ///
+    /// # Errors
+    /// When an error frame answers instead, or as [`Socket::next_json`].
+    pub async fn send_message(&mut self, room: &str, text: &str, cid: &str) -> anyhow::Result<u64> {
+        self.send(&serde_json::json!({ "type": "send", "room": room, "text": text, "cid": cid })).await?;
+        let answer = self.next_matching(|f| f["cid"] == cid && (f["type"] == "ack" || f["type"] == "error")).await?;
+        if answer["type"] == "error" {
+            bail!("send refused: {answer}");
+        }
+        answer["id"].as_u64().context("ack without id")
+    }
+}
