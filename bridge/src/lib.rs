@@ -70,7 +70,9 @@ pub async fn run(
             (false, true) => Ok(()),
         }
     };
-    tracker.spawn(ops::admin::serve(admin, Arc::new(readiness), shutdown.clone()));
+    // The admin port outlives the drain: probes must see "not ready" then.
+    let admin_token = CancellationToken::new();
+    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), admin_token.clone()));
     tracing::info!(listen = %config.listen, instance = %config.instance, "bridge serving");
 
     let served = tonic::transport::Server::builder()
@@ -87,6 +89,8 @@ pub async fn run(
     .map_err(RunError::from);
     ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
     broker_token.cancel();
+    admin_token.cancel();
+    let _ = admin_task.await;
     let _ = broker_task.await;
     tracing::info!("bridge stopped");
     result

@@ -54,8 +54,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
 
-    /// How long shutdown waits for sockets to close.
-    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Over how long a draining gateway spreads its sockets' reconnect
+    /// notices (SIGTERM). Kubernetes' terminationGracePeriodSeconds must
+    /// exceed preStop + this + the shutdown grace.
+    #[arg(long, env = "GATEWAY_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+
+    /// How long shutdown waits, after the drain, for sockets and requests.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log format.

@@ -18,10 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ops::backoff::Backoff;
 use proto::warren::v1::Message;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::mailbox::{Mailbox, SocketId};
 use crate::protocol::ServerFrame;
 use crate::upstream::Upstream;
 
@@ -31,41 +30,6 @@ pub const JOIN_TAIL: u64 = 50;
 const RECENT: usize = 256;
 /// How long a gap fill keeps retrying the bridge before giving up on the range.
 const FILL_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Identifies one socket on this gateway.
-pub type SocketId = u64;
-
-/// What a socket's writer is asked to send.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A text frame, already encoded (shared between sockets).
-    Text(Bytes),
-    /// A pong answering a client's ping.
-    Pong(Bytes),
-    /// Close the socket with this code and reason.
-    Close(u16, &'static str),
-}
-
-/// A member's way back to its socket.
-#[derive(Debug, Clone)]
-pub struct Mailbox {
-    /// The socket's outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled to evict a socket that cannot keep up.
-    pub evict: CancellationToken,
-}
-
-impl Mailbox {
-    /// Queues a frame; a full queue evicts the socket (it is too slow to
-    /// follow the room) rather than stall everyone else.
-    fn offer(&self, frame: Bytes) -> bool {
-        if self.tx.try_send(Outbound::Text(frame)).is_ok() {
-            return true;
-        }
-        self.evict.cancel();
-        false
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Delivered {

@@ -10,14 +10,18 @@
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
 //! - [`ws`]: one socket's reader, writer and frame handling.
+//! - [`mailbox`]: a socket's outbound queue and close request.
+//! - [`drain`]: the open sockets, and how they are let go on shutdown.
 //! - [`protocol`]: the client protocol's frames and rules, pure.
 //! - [`hub`]: rooms, members, replay and gap filling.
 //! - [`upstream`]: the gRPC link to the bridges.
 //! - [`error`]: HTTP errors and their statuses.
 
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod hub;
+pub mod mailbox;
 pub mod pages;
 pub mod protocol;
 pub mod server;
@@ -32,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::drain::Sockets;
 use crate::error::RunError;
 use crate::hub::Hub;
 use crate::server::App;
@@ -40,8 +45,9 @@ use crate::upstream::Upstream;
 use crate::ws::Shared;
 
 /// Runs a gateway on bound listeners until `shutdown` is cancelled; then
-/// stops accepting, reports not-ready, closes every socket with 1012
-/// (service restart) and waits for them, at most `shutdown_grace`.
+/// stops accepting, reports not-ready, tells its sockets to reconnect in
+/// batches over `drain_window` (see [`drain`]), closes what is left with 1012
+/// and waits for them, at most `shutdown_grace` more.
 ///
 /// # Errors
 /// When the Redis URL is unusable.
@@ -76,16 +82,24 @@ pub async fn run(
             (false, true) => Ok(()),
         }
     };
-    tracker.spawn(ops::admin::serve(admin, Arc::new(readiness), shutdown.clone()));
+    // The admin port outlives the drain: probes must see "not ready" then.
+    let admin_token = CancellationToken::new();
+    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), admin_token.clone()));
 
+    let sockets = Arc::new(Sockets::default());
     let shared =
-        Shared { hub, upstream, instance: instance.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
+        Shared { hub, upstream, instance: instance.clone(), sockets: sockets.clone(), tracker: tracker.clone() };
     let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone() });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");
-    server::serve(listener, app, shutdown, config.shutdown_grace).await;
+    let serving = tokio::spawn(server::serve(listener, app, shutdown.clone(), config.shutdown_grace));
 
+    shutdown.cancelled().await;
+    sockets.drain(config.drain_window).await;
+    let _ = serving.await;
     ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
     upstream_token.cancel();
+    admin_token.cancel();
+    let _ = admin_task.await;
     let _ = upstream_task.await;
     tracing::info!("gateway stopped");
     Ok(())

@@ -14,10 +14,11 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::{Hub, Mailbox, Outbound, SocketId};
+use crate::drain::Sockets;
+use crate::hub::Hub;
+use crate::mailbox::{CloseReason, Closer, Mailbox, Outbound, SocketId, close};
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::session::Session;
 use crate::upstream::Upstream;
@@ -27,22 +28,6 @@ use crate::upstream::Upstream;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Frames queued for one socket before it counts as too slow to keep.
 pub const QUEUE_FRAMES: usize = 4096;
-
-/// WebSocket close codes used by the gateway (RFC 6455 section 7.4).
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// A frame type the gateway does not take.
-    pub const UNSUPPORTED: u16 = 1003;
-    /// Text that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// A policy was broken (e.g. the socket fell too far behind).
-    pub const POLICY: u16 = 1008;
-    /// A message over the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The server is restarting: reconnect, probably elsewhere.
-    pub const SERVICE_RESTART: u16 = 1012;
-}
 
 type Stream = TokioIo<Upgraded>;
 
@@ -57,8 +42,8 @@ pub struct Shared {
     pub upstream: Arc<Upstream>,
     /// This gateway's name, for `welcome`.
     pub instance: Arc<str>,
-    /// Cancelled when the gateway shuts down.
-    pub shutdown: CancellationToken,
+    /// Every open socket, for the drain.
+    pub sockets: Arc<Sockets>,
     /// Tracks every socket task, so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
@@ -81,35 +66,33 @@ impl Handler {
         ws.set_auto_close(true);
         let (read, write) = ws.split(tokio::io::split);
         let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-        let mailbox = Mailbox { tx, evict: shared.shutdown.child_token() };
-        let evict = mailbox.evict.clone();
+        let mailbox = Mailbox { tx, closer: Closer::default() };
+        let closer = mailbox.closer.clone();
         let writer = shared.tracker.spawn(write_loop(write, rx));
         let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        shared.sockets.insert(id, mailbox.clone());
         tracing::info!(socket = id, user = session.user.as_str(), "socket open");
         let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();
         let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new() };
         handler.queue(welcome).await;
-        let reason = handler.read_loop(FragmentCollectorRead::new(read), &evict).await;
+        let reason = handler.read_loop(FragmentCollectorRead::new(read), &closer).await;
         for room in std::mem::take(&mut handler.rooms) {
             handler.shared.hub.leave(&room, handler.id);
         }
-        let _ = handler.mailbox.tx.send(Outbound::Close(reason.code, reason.text)).await;
+        handler.shared.sockets.remove(id);
+        let _ = handler.mailbox.tx.send(Outbound::Close(reason)).await;
         drop(handler.mailbox);
         let _ = writer.await;
         tracing::info!(socket = id, code = reason.code, reason = reason.text, "socket closed");
     }
 
-    async fn read_loop(
-        &mut self,
-        mut read: FragmentCollectorRead<ReadHalf<Stream>>,
-        evict: &CancellationToken,
-    ) -> CloseReason {
+    async fn read_loop(&mut self, mut read: FragmentCollectorRead<ReadHalf<Stream>>, closer: &Closer) -> CloseReason {
         let obligated_tx = self.mailbox.tx.clone();
         // Frames the protocol obliges us to send (pongs, the close echo) go
         // through the same queue as everything else.
         let mut obligated = move |frame: Frame<'_>| {
             let item = match frame.opcode {
-                OpCode::Close => Outbound::Close(close_code(&frame.payload), ""),
+                OpCode::Close => Outbound::Close(CloseReason { code: close_code(&frame.payload), text: "" }),
                 _ => Outbound::Pong(bytes::Bytes::copy_from_slice(&frame.payload)),
             };
             let tx = obligated_tx.clone();
@@ -118,17 +101,11 @@ impl Handler {
         loop {
             let frame = tokio::select! {
                 frame = read.read_frame(&mut obligated) => frame,
-                () = evict.cancelled() => {
-                    return if self.shared.shutdown.is_cancelled() {
-                        CloseReason { code: close::SERVICE_RESTART, text: "server restarting" }
-                    } else {
-                        CloseReason { code: close::POLICY, text: "slow: too far behind" }
-                    };
-                }
+                reason = closer.requested() => return reason,
             };
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(error) => return CloseReason::from_error(&error),
+                Err(error) => return close_reason(&error),
             };
             match frame.opcode {
                 OpCode::Text => match std::str::from_utf8(&frame.payload) {
@@ -203,25 +180,17 @@ impl Handler {
     }
 }
 
-/// Why a socket ended, as its close frame says.
-#[derive(Debug, Clone, Copy)]
-struct CloseReason {
-    code: u16,
-    text: &'static str,
-}
-
-impl CloseReason {
-    fn from_error(error: &WebSocketError) -> Self {
-        let (code, text) = match error {
-            WebSocketError::FrameTooLarge => (close::TOO_BIG, "message too big"),
-            WebSocketError::InvalidUTF8 => (close::INVALID_PAYLOAD, "text is not UTF-8"),
-            WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
-                (close::NORMAL, "")
-            }
-            _ => (close::POLICY, "protocol error"),
-        };
-        Self { code, text }
-    }
+/// The close frame that answers a read error.
+fn close_reason(error: &WebSocketError) -> CloseReason {
+    let (code, text) = match error {
+        WebSocketError::FrameTooLarge => (close::TOO_BIG, "message too big"),
+        WebSocketError::InvalidUTF8 => (close::INVALID_PAYLOAD, "text is not UTF-8"),
+        WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
+            (close::NORMAL, "")
+        }
+        _ => (close::POLICY, "protocol error"),
+    };
+    CloseReason { code, text }
 }
 
 /// The close code in a close frame's payload (1000 when absent).
@@ -238,8 +207,8 @@ async fn write_loop(mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>
             Outbound::Text(bytes) if bytes.is_empty() => continue,
             Outbound::Text(bytes) => write.write_frame(Frame::text(Payload::Borrowed(bytes))).await,
             Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
-            Outbound::Close(code, reason) => {
-                let _ = write.write_frame(Frame::close(*code, reason.as_bytes())).await;
+            Outbound::Close(reason) => {
+                let _ = write.write_frame(Frame::close(reason.code, reason.text.as_bytes())).await;
                 break;
             }
         };

@@ -1,4 +1,5 @@
-//! A gateway stops cleanly: readiness turns 503, sockets close with 1012
+//! A gateway stops cleanly: readiness turns 503 at once, every socket is told
+//! to reconnect within the drain window, stragglers are closed with 1012
 //! (service restart) and the process exits.
 
 use std::time::Duration;
@@ -18,7 +19,15 @@ async fn sigterm_closes_sockets_with_1012_and_exits() -> anyhow::Result<()> {
         ws::connect(gateway.addr, client.cookie.as_deref(), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     assert_eq!(socket.next_json().await?["type"], "welcome");
 
+    let started = std::time::Instant::now();
     gateway.process.signal("TERM").await?;
+    let mut ready = Client::new(gateway.admin);
+    assert_eq!(ready.get("/readyz").await?.status, http::StatusCode::SERVICE_UNAVAILABLE, "not ready at once");
+
+    // This client ignores the notice, so the gateway closes it itself.
+    let notice = socket.next_json().await?;
+    assert_eq!(notice["type"], "reconnect", "{notice}");
+    assert!(notice["after_ms"].as_u64().is_some_and(|ms| ms <= 1000));
     let close = loop {
         match socket.next_event().await? {
             Event::Close(code, reason) => break (code, reason),
@@ -26,6 +35,8 @@ async fn sigterm_closes_sockets_with_1012_and_exits() -> anyhow::Result<()> {
         }
     };
     assert_eq!(close.0, 1012, "service restart: {close:?}");
+    // The test stack drains over 2 s, plus up to 1 s of jitter and 2 s of grace.
+    assert!(started.elapsed() < Duration::from_secs(6), "closed within the window: {:?}", started.elapsed());
     let code = gateway.process.wait(Duration::from_secs(10)).await.context("gateway exits")?;
     assert_eq!(code, Some(0));
     Ok(())

@@ -34,12 +34,18 @@ pub async fn signal_received() -> Stop {
     stop
 }
 
-/// Cancels `token` on the first signal; a second signal cancels `force`
-/// (exit now, skipping the drain).
+/// SIGTERM cancels `token` (drain, then exit); SIGINT, or a second signal,
+/// also cancels `force` (exit now, skipping the drain).
 pub fn cancel_on_signal(tracker: &TaskTracker, token: CancellationToken, force: CancellationToken) {
     tracker.spawn(async move {
         tokio::select! {
-            _ = signal_received() => token.cancel(),
+            stop = signal_received() => {
+                token.cancel();
+                if stop == Stop::Interrupt {
+                    force.cancel();
+                    return;
+                }
+            }
             () = token.cancelled() => {}
         }
         tokio::select! {

@@ -203,7 +203,8 @@ pub async fn start_gateway(instance: &str, bridge_urls: &[String]) -> anyhow::Re
         .env("GATEWAY_REDIS_URL", redis_url())
         .env("GATEWAY_BRIDGE_URLS", bridge_urls.join(","))
         .env("GATEWAY_SESSION_SECRET", TEST_SECRET)
-        .env("GATEWAY_SHUTDOWN_GRACE", "5s");
+        .env("GATEWAY_DRAIN_WINDOW", "2s")
+        .env("GATEWAY_SHUTDOWN_GRACE", "3s");
     let process = Process::spawn(instance, command)?;
     wait_ready(admin).await.with_context(|| format!("{instance} never became ready"))?;
     Ok(Gateway { process, addr, admin, instance: instance.to_owned() })

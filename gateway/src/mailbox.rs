@@ -1,0 +1,94 @@
+//! A socket's outbound side, as the rest of the gateway sees it: a bounded
+//! queue of frames and a way to ask the socket to close, saying why.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Identifies one socket on this gateway.
+pub type SocketId = u64;
+
+/// WebSocket close codes used by the gateway (RFC 6455 section 7.4).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Text that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A policy was broken (e.g. the socket fell too far behind).
+    pub const POLICY: u16 = 1008;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server is restarting: reconnect, probably elsewhere.
+    pub const SERVICE_RESTART: u16 = 1012;
+}
+
+/// Why a socket ended, as its close frame says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The close code.
+    pub code: u16,
+    /// The reason text (short, for people).
+    pub text: &'static str,
+}
+
+impl CloseReason {
+    /// The gateway is draining.
+    pub const RESTART: Self = Self { code: close::SERVICE_RESTART, text: "server restarting" };
+    /// The socket could not keep up with its rooms.
+    pub const SLOW: Self = Self { code: close::POLICY, text: "slow: too far behind" };
+}
+
+/// What a socket's writer is asked to send.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A text frame, already encoded (shared between sockets).
+    Text(Bytes),
+    /// A pong answering a client's ping.
+    Pong(Bytes),
+    /// Close the socket with this code and reason.
+    Close(CloseReason),
+}
+
+/// Asks a socket to close; the first reason given wins.
+#[derive(Debug, Clone, Default)]
+pub struct Closer {
+    token: CancellationToken,
+    reason: Arc<OnceLock<CloseReason>>,
+}
+
+impl Closer {
+    /// Asks the socket to close with `reason`.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Resolves with the reason once someone asked the socket to close.
+    pub async fn requested(&self) -> CloseReason {
+        self.token.cancelled().await;
+        self.reason.get().copied().unwrap_or(CloseReason::RESTART)
+    }
+}
+
+/// A socket as others reach it.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    /// The socket's outbound queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Closes the socket.
+    pub closer: Closer,
+}
+
+impl Mailbox {
+    /// Queues a frame without waiting; a full queue closes the socket (it is
+    /// too slow to follow its rooms) rather than stall everyone else.
+    pub fn offer(&self, frame: Bytes) -> bool {
+        if self.tx.try_send(Outbound::Text(frame)).is_ok() {
+            return true;
+        }
+        self.closer.close(CloseReason::SLOW);
+        false
+    }
+}
