@@ -6,7 +6,14 @@
 //! stream that recognises the bridge's own messages by their token and hands
 //! their ids to the waiting publishes. The same watch remembers the recent
 //! (user, cid) pairs it has seen, which makes a repeated cid cost nothing: it
-//! is answered with the first message's id and never stored twice.
+//! is answered with the first message's id and not stored again.
+//!
+//! A repeat can reach a bridge that has not seen the first send (the first
+//! bridge died before it could answer). So a watch starts reading
+//! [`DEDUP_WINDOW`] back in time, and when it reads the bridge's own message
+//! it answers with the id of the *first* message under that (user, cid), if
+//! there was one: the client gets the id it would have got, and the stored
+//! repeat is dropped by the gateways, which skip a (user, cid) they have seen.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,6 +29,8 @@ use crate::room::{Outgoing, Start};
 
 /// How many recent (user, cid) pairs a room remembers for de-duplication.
 const REMEMBERED_CIDS: usize = 10_000;
+/// How far back a new watch reads, to learn the sends it must not repeat.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
 /// Who sent a message and under which client id: the de-duplication key.
 type SendKey = (String, String);
@@ -170,7 +179,7 @@ impl Watch {
     /// after the last id it read whenever the connection comes back.
     async fn run(&self, broker: &Broker, room: &str, shutdown: &CancellationToken) {
         while let Some(link) = broker.next_link(shutdown).await {
-            let start = self.lock().last_id.map_or(Start::Newest, Start::After);
+            let start = self.lock().last_id.map_or_else(dedup_start, Start::After);
             let mut consumer = match link.consume(room, start).await {
                 Ok(consumer) => consumer,
                 Err(error) => {
@@ -205,11 +214,12 @@ impl Watch {
         let mut state = self.lock();
         let id = stored.message.id;
         state.last_id = Some(id);
-        if let Some(waiter) = state.pending.remove(&stored.token) {
-            let _ = waiter.send(id);
-        }
         let key = (stored.message.user, stored.message.cid);
-        if state.seen.contains_key(&key) {
+        let first = state.seen.get(&key).copied();
+        if let Some(waiter) = state.pending.remove(&stored.token) {
+            let _ = waiter.send(first.unwrap_or(id));
+        }
+        if first.is_some() {
             return;
         }
         state.seen.insert(key.clone(), id);
@@ -220,6 +230,12 @@ impl Watch {
             }
         }
     }
+}
+
+/// Where a new watch starts: [`DEDUP_WINDOW`] ago.
+fn dedup_start() -> Start {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Start::Since(now.saturating_sub(DEDUP_WINDOW).as_secs())
 }
 
 fn random_token() -> String {

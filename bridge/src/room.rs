@@ -20,6 +20,9 @@ pub enum Start {
     Newest,
     /// With the first message whose id is greater than this.
     After(u64),
+    /// With the first chunk stored at or after this time (seconds since the
+    /// Unix epoch).
+    Since(u64),
 }
 
 impl Start {
@@ -29,6 +32,7 @@ impl Start {
             Self::Newest => AMQPValue::LongString("last".into()),
             // id = offset + 1, so the first id after `id` is at offset `id`.
             Self::After(id) => AMQPValue::LongLongInt(i64::try_from(id).unwrap_or(i64::MAX)),
+            Self::Since(seconds) => AMQPValue::Timestamp(seconds),
         }
     }
 }

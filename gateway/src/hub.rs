@@ -10,6 +10,11 @@
 //! without it (the last [`JOIN_TAIL`]), and a room whose first message just
 //! arrived. Each message is encoded once per gateway and its bytes shared by
 //! every socket that gets it.
+//!
+//! A send repeated through another bridge (its first bridge died before
+//! answering) can be stored twice under one (user, cid). The room remembers
+//! the (user, cid) of its recent messages and skips the repeat: members'
+//! cursors move past its id, nobody is sent it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,13 +33,17 @@ use crate::upstream::Upstream;
 pub const JOIN_TAIL: u64 = 50;
 /// Recent messages kept per room, to serve joins without asking the bridge.
 const RECENT: usize = 256;
+/// Recent (user, cid) pairs a room remembers, to skip repeated sends.
+const REMEMBERED_SENDS: usize = 4096;
 /// How long a gap fill keeps retrying the bridge before giving up on the range.
 const FILL_PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 struct Delivered {
     id: u64,
-    frame: Bytes,
+    /// The encoded frame; `None` for a repeated send, which only moves
+    /// cursors.
+    frame: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -66,6 +75,10 @@ struct Room {
     last_id: Option<u64>,
     /// The newest messages, contiguous, ending at `last_id`.
     recent: VecDeque<Delivered>,
+    /// The first id seen for each recent (user, cid), oldest first in
+    /// `send_order`.
+    sends: HashMap<(String, String), u64>,
+    send_order: VecDeque<(String, String)>,
     members: HashMap<SocketId, Member>,
 }
 
@@ -91,7 +104,9 @@ impl Member {
             Cursor::At(cursor) if message.id <= cursor => return None,
             Cursor::At(cursor) if message.id == cursor + 1 => {
                 self.cursor = Cursor::At(message.id);
-                self.mailbox.offer(message.frame.clone());
+                if let Some(frame) = &message.frame {
+                    self.mailbox.offer(frame.clone());
+                }
                 return None;
             }
             Cursor::At(cursor) => cursor,
@@ -104,6 +119,26 @@ impl Member {
 // === impl Room ===
 
 impl Room {
+    /// Encodes a message for delivery, or marks it a repeat of an earlier
+    /// message under the same (user, cid).
+    fn admit(&mut self, message: &Message) -> Delivered {
+        let key = (message.user.clone(), message.cid.clone());
+        match self.sends.get(&key) {
+            Some(&first) if first < message.id => return Delivered { id: message.id, frame: None },
+            Some(_) => {}
+            None => {
+                self.sends.insert(key.clone(), message.id);
+                self.send_order.push_back(key);
+                while self.send_order.len() > REMEMBERED_SENDS {
+                    if let Some(oldest) = self.send_order.pop_front() {
+                        self.sends.remove(&oldest);
+                    }
+                }
+            }
+        }
+        Delivered { id: message.id, frame: Some(ServerFrame::message(message).encode()) }
+    }
+
     fn remember(&mut self, message: Delivered) {
         self.last_id = Some(message.id);
         self.recent.push_back(message);
@@ -180,7 +215,7 @@ impl Hub {
             if room.last_id.is_some_and(|last| message.id <= last) {
                 return; // already seen: a resubscription overlaps
             }
-            let delivered = Delivered { id: message.id, frame: ServerFrame::message(message).encode() };
+            let delivered = room.admit(message);
             for (&socket, member) in &mut room.members {
                 if let Some(gap) = member.offer(&delivered) {
                     gaps.push((socket, gap));
@@ -210,23 +245,25 @@ impl Hub {
             Some(room) => room.recent_range(gap),
             None => return,
         };
-        let mut messages = Vec::new();
-        if gap.after + 1 < first_recent {
-            let older = Gap { after: gap.after, up_to: gap.up_to.min(first_recent - 1) };
-            messages = self.read_history(room_name, older).await;
-        }
-        messages.extend(recent);
+        let older = if gap.after + 1 < first_recent {
+            self.read_history(room_name, Gap { after: gap.after, up_to: gap.up_to.min(first_recent - 1) }).await
+        } else {
+            Vec::new()
+        };
         let mut next_gap = None;
         {
             let mut rooms = self.lock();
-            let Some(member) = rooms.get_mut(room_name).and_then(|room| room.members.get_mut(&socket)) else {
-                return;
-            };
+            let Some(room) = rooms.get_mut(room_name) else { return };
+            let mut messages: Vec<Delivered> = older.iter().map(|message| room.admit(message)).collect();
+            messages.extend(recent);
+            let Some(member) = room.members.get_mut(&socket) else { return };
             let mut cursor = gap.after;
-            for message in messages.into_iter().filter(|m| m.id > gap.after) {
+            for message in messages {
                 if message.id > cursor {
                     cursor = message.id;
-                    member.mailbox.offer(message.frame);
+                    if let Some(frame) = message.frame {
+                        member.mailbox.offer(frame);
+                    }
                 }
             }
             if cursor < gap.up_to {
@@ -247,7 +284,7 @@ impl Hub {
     }
 
     /// Reads `gap` from the bridge, page by page, retrying while it is away.
-    async fn read_history(&self, room: &str, gap: Gap) -> Vec<Delivered> {
+    async fn read_history(&self, room: &str, gap: Gap) -> Vec<Message> {
         let mut out = Vec::new();
         let mut after = gap.after;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -257,10 +294,8 @@ impl Hub {
                 Ok(page) if page.is_empty() => break,
                 Ok(page) => {
                     backoff.reset();
-                    for message in page {
-                        after = after.max(message.id);
-                        out.push(Delivered { id: message.id, frame: ServerFrame::message(&message).encode() });
-                    }
+                    after = page.iter().map(|m| m.id).max().unwrap_or(after).max(after);
+                    out.extend(page);
                 }
                 Err(error) => {
                     tracing::debug!(room, %error, "history read failed; retrying");
