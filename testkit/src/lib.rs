@@ -5,11 +5,14 @@
 //! - [`stack`]: processes on free loopback ports, killed on drop.
 //! - [`http`]: a small HTTP/1.1 client with a cookie.
 //! - [`ws`]: a WebSocket client speaking the JSON protocol.
+//! - [`services`]: private Redis and RabbitMQ servers on free loopback ports,
+//!   to stop, kill and restart (chaos tests); the shared ones stay untouched.
 //!
 //! The binaries come from the same `target/` directory as the test (build
 //! them first: `cargo build --workspace`), or from `WARREN_BIN_DIR`.
 
 pub mod http;
+pub mod services;
 pub mod stack;
 pub mod ws;
 

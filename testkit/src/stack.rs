@@ -127,6 +127,20 @@ pub struct Shape {
     pub haproxy: bool,
 }
 
+/// What a stack runs against, beyond its shape.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Redis URL (default: [`redis_url`]).
+    pub redis_url: Option<String>,
+    /// RabbitMQ URL (default: [`amqp_url`]).
+    pub amqp_url: Option<String>,
+    /// Gateways HAProxy knows of but that are not started yet: replacements
+    /// started later with [`Stack::start_spare`] (down until then).
+    pub spare_gateways: usize,
+    /// The gateways' drain window (default 2 s, to keep tests short).
+    pub drain_window: Option<Duration>,
+}
+
 /// A running stack.
 #[derive(Debug)]
 pub struct Stack {
@@ -136,6 +150,11 @@ pub struct Stack {
     pub gateways: Vec<Gateway>,
     /// HAProxy's process and frontend address, when asked for.
     pub haproxy: Option<(Process, SocketAddr)>,
+    /// Reserved (public, admin) addresses of the spare gateways.
+    pub spares: Vec<(SocketAddr, SocketAddr)>,
+    redis: String,
+    amqp: String,
+    drain_window: Duration,
     _dir: TempDir,
 }
 
@@ -145,20 +164,87 @@ impl Stack {
     /// # Errors
     /// When a process does not start or become ready in time.
     pub async fn start(shape: Shape) -> anyhow::Result<Self> {
+        Self::start_with(shape, Extras::default()).await
+    }
+
+    /// Starts a stack on other services, or with spare gateways.
+    ///
+    /// # Errors
+    /// When a process does not start or become ready in time.
+    pub async fn start_with(shape: Shape, extras: Extras) -> anyhow::Result<Self> {
         let dir = TempDir::new()?;
+        let redis = extras.redis_url.unwrap_or_else(redis_url);
+        let amqp = extras.amqp_url.unwrap_or_else(amqp_url);
         let mut bridges = Vec::new();
         for index in 0..shape.bridges {
-            bridges.push(start_bridge(index + 1).await?);
+            bridges.push(spawn_bridge(index + 1, free_addr()?, free_addr()?, &amqp).await?);
         }
-        let urls: Vec<String> = bridges.iter().map(|b| format!("http://{}", b.addr)).collect();
-        let mut gateways = Vec::new();
+        let drain_window = extras.drain_window.unwrap_or(Duration::from_secs(2));
+        let mut stack = Self {
+            bridges,
+            gateways: Vec::new(),
+            haproxy: None,
+            spares: Vec::new(),
+            redis,
+            amqp,
+            drain_window,
+            _dir: dir,
+        };
         for index in 0..shape.gateways {
-            let mut preferred = urls.clone();
-            preferred.rotate_left(index % urls.len().max(1));
-            gateways.push(start_gateway(&format!("gw-{}", index + 1), &preferred).await?);
+            let gateway = stack.spawn_gateway(index, free_addr()?, free_addr()?).await?;
+            stack.gateways.push(gateway);
         }
-        let haproxy = if shape.haproxy { Some(start_haproxy(&dir.path, &gateways).await?) } else { None };
-        Ok(Self { bridges, gateways, haproxy, _dir: dir })
+        for _ in 0..extras.spare_gateways {
+            stack.spares.push((free_addr()?, free_addr()?));
+        }
+        if shape.haproxy {
+            let mut servers: Vec<(SocketAddr, SocketAddr)> = stack.gateways.iter().map(|g| (g.addr, g.admin)).collect();
+            servers.extend(stack.spares.iter().copied());
+            stack.haproxy = Some(start_haproxy(&stack._dir.path, &servers).await?);
+        }
+        Ok(stack)
+    }
+
+    /// The bridge URLs, rotated so that gateway `index` prefers bridge `index % n`.
+    fn bridge_urls_for(&self, index: usize) -> Vec<String> {
+        let mut urls: Vec<String> = self.bridges.iter().map(|b| format!("http://{}", b.addr)).collect();
+        let count = urls.len().max(1);
+        urls.rotate_left(index % count);
+        urls
+    }
+
+    async fn spawn_gateway(&self, index: usize, addr: SocketAddr, admin: SocketAddr) -> anyhow::Result<Gateway> {
+        let instance = format!("gw-{}", index + 1);
+        let urls = self.bridge_urls_for(index);
+        let spec = GatewaySpec { instance: &instance, addr, admin, bridge_urls: &urls, redis: &self.redis };
+        spawn_gateway(&spec, self.drain_window).await
+    }
+
+    /// Starts spare gateway `spare` (0-based) on its reserved ports, named
+    /// after the gateways before it, and adds it to `gateways`.
+    ///
+    /// # Errors
+    /// When there is no such spare or it does not become ready.
+    pub async fn start_spare(&mut self, spare: usize) -> anyhow::Result<&Gateway> {
+        let (addr, admin) = *self.spares.get(spare).context("no such spare gateway")?;
+        let index = self.gateways.len();
+        let gateway = self.spawn_gateway(index, addr, admin).await?;
+        self.gateways.push(gateway);
+        self.gateways.last().context("just pushed")
+    }
+
+    /// Starts bridge `index` again on its ports (after it was killed).
+    ///
+    /// # Errors
+    /// When it does not become ready.
+    pub async fn restart_bridge(&mut self, index: usize) -> anyhow::Result<()> {
+        let (addr, admin) = {
+            let bridge = self.bridges.get(index).context("no such bridge")?;
+            (bridge.addr, bridge.admin)
+        };
+        let bridge = spawn_bridge(index + 1, addr, admin, &self.amqp).await?;
+        self.bridges[index] = bridge;
+        Ok(())
     }
 
     /// HAProxy's frontend address.
@@ -171,52 +257,61 @@ impl Stack {
     }
 }
 
-/// Starts a bridge named `bridge-<n>` and waits for it to be ready.
+/// Starts a bridge named `bridge-<n>` on the shared RabbitMQ and waits for it
+/// to be ready.
 ///
 /// # Errors
 /// When it does not become ready in time.
 pub async fn start_bridge(n: usize) -> anyhow::Result<Bridge> {
-    let (addr, admin) = (free_addr()?, free_addr()?);
+    spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url()).await
+}
+
+async fn spawn_bridge(n: usize, addr: SocketAddr, admin: SocketAddr, amqp: &str) -> anyhow::Result<Bridge> {
     let mut command = Command::new(bin_dir().join("warren-bridge"));
     command
         .env("BRIDGE_LISTEN", addr.to_string())
         .env("BRIDGE_ADMIN_LISTEN", admin.to_string())
         .env("BRIDGE_INSTANCE", format!("bridge-{n}"))
-        .env("BRIDGE_AMQP_URL", amqp_url())
+        .env("BRIDGE_AMQP_URL", amqp)
         .env("BRIDGE_SHUTDOWN_GRACE", "3s");
     let process = Process::spawn(&format!("bridge-{n}"), command)?;
     wait_ready(admin).await.with_context(|| format!("bridge-{n} never became ready"))?;
     Ok(Bridge { process, addr, admin })
 }
 
-/// Starts a gateway attached to `bridge_urls` and waits for it to be ready.
-///
-/// # Errors
-/// When it does not become ready in time.
-pub async fn start_gateway(instance: &str, bridge_urls: &[String]) -> anyhow::Result<Gateway> {
-    let (addr, admin) = (free_addr()?, free_addr()?);
+/// Where and how one gateway runs.
+struct GatewaySpec<'a> {
+    instance: &'a str,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    bridge_urls: &'a [String],
+    redis: &'a str,
+}
+
+async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration) -> anyhow::Result<Gateway> {
+    let GatewaySpec { instance, addr, admin, bridge_urls, redis } = *spec;
     let mut command = Command::new(bin_dir().join("warren-gateway"));
     command
         .env("GATEWAY_LISTEN", addr.to_string())
         .env("GATEWAY_ADMIN_LISTEN", admin.to_string())
         .env("GATEWAY_INSTANCE", instance)
-        .env("GATEWAY_REDIS_URL", redis_url())
+        .env("GATEWAY_REDIS_URL", redis)
         .env("GATEWAY_BRIDGE_URLS", bridge_urls.join(","))
         .env("GATEWAY_SESSION_SECRET", TEST_SECRET)
-        .env("GATEWAY_DRAIN_WINDOW", "2s")
+        .env("GATEWAY_DRAIN_WINDOW", format!("{}ms", drain_window.as_millis()))
         .env("GATEWAY_SHUTDOWN_GRACE", "3s");
     let process = Process::spawn(instance, command)?;
     wait_ready(admin).await.with_context(|| format!("{instance} never became ready"))?;
     Ok(Gateway { process, addr, admin, instance: instance.to_owned() })
 }
 
-async fn start_haproxy(dir: &Path, gateways: &[Gateway]) -> anyhow::Result<(Process, SocketAddr)> {
+async fn start_haproxy(dir: &Path, gateways: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<(Process, SocketAddr)> {
     let front = free_addr()?;
     let template = std::fs::read_to_string(repo_root().join("scripts/haproxy/haproxy.cfg.in"))?;
     let servers: Vec<String> = gateways
         .iter()
         .enumerate()
-        .map(|(i, g)| format!("    server gw{} {} check port {}", i + 1, g.addr, g.admin.port()))
+        .map(|(i, (addr, admin))| format!("    server gw{} {addr} check port {}", i + 1, admin.port()))
         .collect();
     let config = template.replace("@@BIND@@", &front.to_string()).replace("@@SERVERS@@", &servers.join("\n"));
     let path = dir.join("haproxy.cfg");

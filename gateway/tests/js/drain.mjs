@@ -43,6 +43,8 @@ const { values: opts } = parseArgs({
 });
 
 let browser = null;
+/** What the page did since it was ready (see watch()), for failure messages. */
+let seen = null;
 
 function fail(reason) {
   throw new Error(reason);
@@ -119,9 +121,9 @@ async function joinRoom(page, room) {
 }
 
 /**
- * Everything the page does on the network and in its frame, from now on:
- * navigations of the main frame, `/session` requests, sockets and the frames
- * they receive.
+ * What the page does, in ms since the page was created: navigations of the
+ * main frame, `/session` requests, new sockets, and `reconnect` notices on any
+ * socket. `reset()` clears the lists (the login's share) but keeps watching.
  */
 function watch(page) {
   const seen = { navigations: [], sessions: [], sockets: [], notices: [], t0: Date.now() };
@@ -189,7 +191,7 @@ async function run(base, room) {
   page.on('pageerror', (err) => errors.push(err.message));
 
   // Watch from the start: the first socket's frames (the notice) count too.
-  const seen = watch(page);
+  seen = watch(page);
   const user = `drain-${token()}`;
   await login(page, base, user);
   await joinRoom(page, room);
@@ -262,6 +264,8 @@ async function run(base, room) {
   check(await page.textContent('#me') === user, 'the page lost its user');
   check(seen.notices.length === 1, `expected one reconnect notice, got ${JSON.stringify(seen.notices)}`);
   check(seen.sockets.length === 1, `expected exactly one new socket, got ${seen.sockets.length}`);
+  check(seen.sessions.length >= 1 && seen.sessions[0] < seen.sockets[0].opened,
+    `the new socket did not follow a GET /session (sessions at ${seen.sessions}, socket at ${seen.sockets[0].opened})`);
   check(errors.length === 0, `script errors on the page: ${errors.join('; ')}`);
 }
 
@@ -288,7 +292,9 @@ async function main() {
     await run(base, opts.room);
     console.log('drain e2e: ok');
   } catch (err) {
-    console.log(`drain e2e: FAILED: ${err.message}`);
+    // A navigation usually explains the rest (a destroyed context, a login form).
+    const moved = seen && seen.navigations.length ? ` (the page navigated: ${seen.navigations.join(', ')})` : '';
+    console.log(`drain e2e: FAILED: ${err.message.split('\n')[0]}${moved}`);
     code = 1;
   } finally {
     clearTimeout(timer);

@@ -1,0 +1,328 @@
+//! One virtual user, following the client rules of `docs/protocol.md`:
+//!
+//! - before every reconnect, `GET /session` (it refreshes the cookie, which
+//!   moves the balancer's affinity to a live gateway); only a `401` there
+//!   means logging in again;
+//! - on a new socket, `join` with `since` = the last id seen, then resend
+//!   every unacked send with its `cid`;
+//! - `reconnect` frames are obeyed after their `after_ms`; other failures
+//!   back off exponentially with full jitter (0.5 s to 20 s), without end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ops::backoff::Backoff;
+use rand::Rng;
+use serde_json::{Value, json};
+use testkit::http::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{Ledger, Received};
+use crate::socket::{Event, Refused, Socket};
+
+/// A socket that sent nothing for this long is taken for dead.
+const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// An unacked send is sent again (same cid) after this long.
+const RESEND_AFTER: Duration = Duration::from_secs(3);
+/// How long to wait for `welcome` and `joined` on a new socket.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What drives a run's users.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The balancer (or a gateway).
+    pub front: SocketAddr,
+    /// Acked messages of every room.
+    pub ledger: Arc<Ledger>,
+    /// Cancelled when users should stop sending new messages.
+    pub stop_sending: CancellationToken,
+    /// Cancelled when users should disconnect and report.
+    pub stop: CancellationToken,
+}
+
+/// One user's settings.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Login name.
+    pub user: String,
+    /// The room it joins and talks in.
+    pub room: String,
+    /// Mean time between its sends.
+    pub send_every: Duration,
+}
+
+/// What one user measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Its room.
+    pub room: String,
+    /// What it received.
+    pub received: Received,
+    /// Times `/session` said 401 and it had to log in again.
+    pub relogins: u64,
+    /// Sockets it had to replace.
+    pub reconnects: u64,
+    /// For each replacement: from losing the socket to being joined again.
+    pub reconnect_times: Vec<Duration>,
+    /// Sends still unacked at the end.
+    pub unacked: usize,
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The server asked us to reconnect after this delay.
+    Notice(Duration),
+    /// The socket broke or closed.
+    Lost,
+    /// The run is over.
+    Stop,
+}
+
+struct Pending {
+    text: String,
+    sent_at: Instant,
+}
+
+struct Agent {
+    run: Run,
+    profile: Profile,
+    http: Client,
+    report: Report,
+    unacked: BTreeMap<String, Pending>,
+    sent: u64,
+    backoff: Backoff,
+}
+
+/// Runs one user until `run.stop`, and reports.
+pub async fn run(run: Run, profile: Profile) -> Report {
+    let report = Report { room: profile.room.clone(), ..Report::default() };
+    let mut agent = Agent {
+        http: Client::new(run.front),
+        run,
+        profile,
+        report,
+        unacked: BTreeMap::new(),
+        sent: 0,
+        backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(20)),
+    };
+    agent.live().await;
+    agent.report.unacked = agent.unacked.len();
+    agent.report
+}
+
+impl Agent {
+    async fn live(&mut self) {
+        if !self.login().await {
+            return;
+        }
+        let mut lost_at: Option<Instant> = None;
+        while !self.run.stop.is_cancelled() {
+            if lost_at.is_some() && !self.refresh_session().await {
+                continue;
+            }
+            let Some(socket) = self.open().await else { continue };
+            if let Some(at) = lost_at.take() {
+                self.report.reconnects += 1;
+                self.report.reconnect_times.push(at.elapsed());
+            }
+            self.backoff.reset();
+            let ended = self.converse(socket).await;
+            lost_at = Some(Instant::now());
+            match ended {
+                Ended::Stop => return,
+                Ended::Notice(delay) => self.pause(delay).await,
+                Ended::Lost => {
+                    let delay = self.backoff.next_delay();
+                    self.pause(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, delay: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.run.stop.cancelled() => {}
+        }
+    }
+
+    /// Logs in, retrying with backoff; false when the run ended first.
+    async fn login(&mut self) -> bool {
+        while !self.run.stop.is_cancelled() {
+            match self.http.login(&self.profile.user).await {
+                Ok(_) => return true,
+                Err(error) => {
+                    tracing::debug!(user = %self.profile.user, %error, "login failed");
+                    let delay = self.backoff.next_delay();
+                    self.pause(delay).await;
+                }
+            }
+        }
+        false
+    }
+
+    /// `GET /session` before reconnecting: true to go on and open a socket.
+    async fn refresh_session(&mut self) -> bool {
+        match self.http.get("/session").await {
+            Ok(reply) if reply.status == http::StatusCode::OK => true,
+            Ok(reply) if reply.status == http::StatusCode::UNAUTHORIZED => {
+                self.report.relogins += 1;
+                tracing::warn!(user = %self.profile.user, "session lost: logging in again");
+                self.login().await
+            }
+            _ => {
+                let delay = self.backoff.next_delay();
+                self.pause(delay).await;
+                false
+            }
+        }
+    }
+
+    /// Opens a socket, waits for `welcome`, joins with `since` and resends
+    /// what is unacked.
+    async fn open(&mut self) -> Option<Socket> {
+        let cookie = self.http.cookie.clone().unwrap_or_default();
+        let mut socket = match Socket::connect(self.run.front, &cookie).await {
+            Ok(socket) => socket,
+            Err(refused) => {
+                if matches!(refused, Refused::Status(401)) {
+                    // Handled by the /session call that precedes the next try.
+                    tracing::debug!(user = %self.profile.user, "socket refused: 401");
+                }
+                let delay = self.backoff.next_delay();
+                self.pause(delay).await;
+                return None;
+            }
+        };
+        let mut join = json!({ "type": "join", "room": self.profile.room });
+        if let Some(since) = self.report.received.last_id() {
+            join["since"] = since.into();
+        }
+        let ready = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            wait_for(&mut socket, "welcome").await?;
+            socket.send(&join).then_some(())?;
+            wait_for(&mut socket, "joined").await
+        })
+        .await;
+        if !matches!(ready, Ok(Some(_))) {
+            socket.close();
+            let delay = self.backoff.next_delay();
+            self.pause(delay).await;
+            return None;
+        }
+        for (cid, pending) in &mut self.unacked {
+            pending.sent_at = Instant::now();
+            socket.send(&json!({ "type": "send", "room": self.profile.room, "text": pending.text, "cid": cid }));
+        }
+        Some(socket)
+    }
+
+    /// Chats on one socket until it ends.
+    async fn converse(&mut self, mut socket: Socket) -> Ended {
+        let mut next_send = Instant::now() + self.jittered_interval();
+        let mut resend = tokio::time::interval(Duration::from_secs(1));
+        let mut last_frame = Instant::now();
+        loop {
+            let sending = !self.run.stop_sending.is_cancelled();
+            tokio::select! {
+                event = socket.events.recv() => {
+                    last_frame = Instant::now();
+                    match event {
+                        Some(Event::Json(frame)) => if let Some(ended) = self.on_frame(&socket, &frame) {
+                            socket.close();
+                            return ended;
+                        },
+                        Some(Event::Closed(_)) | None => return Ended::Lost,
+                    }
+                }
+                () = tokio::time::sleep_until(next_send.into()), if sending => {
+                    self.send_new(&socket);
+                    next_send = Instant::now() + self.jittered_interval();
+                }
+                _ = resend.tick() => {
+                    if last_frame.elapsed() > DEAD_AFTER && sending {
+                        socket.close();
+                        return Ended::Lost;
+                    }
+                    self.resend_stale(&socket);
+                }
+                () = self.run.stop_sending.cancelled(), if sending => self.report.received.pause_gaps(),
+                () = self.run.stop.cancelled() => {
+                    socket.close();
+                    return Ended::Stop;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, socket: &Socket, frame: &Value) -> Option<Ended> {
+        match frame["type"].as_str() {
+            Some("message") => {
+                let (Some(id), Some(user), Some(cid)) =
+                    (frame["id"].as_u64(), frame["user"].as_str(), frame["cid"].as_str())
+                else {
+                    return None;
+                };
+                let sending = !self.run.stop_sending.is_cancelled();
+                self.report.received.record(id, user, cid, sending);
+            }
+            Some("ack") => {
+                if let (Some(cid), Some(id)) = (frame["cid"].as_str(), frame["id"].as_u64())
+                    && self.unacked.remove(cid).is_some()
+                {
+                    self.run.ledger.record_ack(&self.profile.room, id, cid);
+                }
+            }
+            Some("error") => {
+                // Retryable errors leave the send unacked: it goes again later.
+                tracing::debug!(user = %self.profile.user, %frame, "error frame");
+                let retryable = matches!(frame["code"].as_str(), Some("unavailable" | "timeout"));
+                if !retryable && let Some(cid) = frame["cid"].as_str() {
+                    tracing::warn!(user = %self.profile.user, %frame, "send refused for good");
+                    self.unacked.remove(cid);
+                }
+            }
+            Some("reconnect") => {
+                let after = Duration::from_millis(frame["after_ms"].as_u64().unwrap_or_default());
+                return Some(Ended::Notice(after));
+            }
+            _ => {}
+        }
+        let _ = socket;
+        None
+    }
+
+    fn send_new(&mut self, socket: &Socket) {
+        self.sent += 1;
+        let cid = format!("{}-{}", self.profile.user, self.sent);
+        let text = format!("{} #{}", self.profile.user, self.sent);
+        socket.send(&json!({ "type": "send", "room": self.profile.room, "text": text, "cid": cid }));
+        self.unacked.insert(cid, Pending { text, sent_at: Instant::now() });
+    }
+
+    fn resend_stale(&mut self, socket: &Socket) {
+        for (cid, pending) in &mut self.unacked {
+            if pending.sent_at.elapsed() >= RESEND_AFTER {
+                pending.sent_at = Instant::now();
+                socket.send(&json!({ "type": "send", "room": self.profile.room, "text": pending.text, "cid": cid }));
+            }
+        }
+    }
+
+    fn jittered_interval(&self) -> Duration {
+        let mean = self.profile.send_every.as_secs_f64();
+        Duration::from_secs_f64(mean * rand::rng().random_range(0.5..1.5))
+    }
+}
+
+async fn wait_for(socket: &mut Socket, kind: &str) -> Option<()> {
+    loop {
+        match socket.events.recv().await? {
+            Event::Json(frame) if frame["type"] == kind => return Some(()),
+            Event::Json(_) => {}
+            Event::Closed(_) => return None,
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The chaos run: virtual users chat through the balancer while gateways,
+//! bridges, RabbitMQ and Redis are stopped, killed and restarted under them;
+//! at the end every user's messages are checked against everything acked in
+//! its room.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use testkit::services::{RabbitNode, RedisServer};
+use testkit::stack::{Extras, Shape, Stack};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, Profile, Report, Run};
+use crate::ledger::Ledger;
+
+/// How many users and for how long.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Virtual users.
+    pub clients: usize,
+    /// Rooms they are spread over.
+    pub rooms: usize,
+    /// How long they send.
+    pub duration: Duration,
+    /// Mean time between one user's sends.
+    pub send_every: Duration,
+    /// After sending stops, how long users keep listening for the rest.
+    pub settle: Duration,
+}
+
+/// The last line of a run.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    /// Users.
+    pub clients: usize,
+    /// Messages acked in all.
+    pub acked: usize,
+    /// Acked messages some user of their room never received.
+    pub lost: u64,
+    /// Messages a user received twice (same id, or same sender and cid).
+    pub duplicates: u64,
+    /// Times a user was sent back to the login.
+    pub relogins: u64,
+    /// Sockets replaced.
+    pub reconnects: u64,
+    /// Median time from losing a socket to being joined on a new one.
+    pub reconnect_p50_ms: u64,
+    /// 99th percentile of the same.
+    pub reconnect_p99_ms: u64,
+    /// The longest time any user went without a message while sending went on.
+    pub max_gap_ms: u64,
+}
+
+impl Verdict {
+    /// Whether the run kept every promise: nothing lost, nothing twice, nobody
+    /// bounced to the login, and reconnects within `reconnect_limit`.
+    pub fn passed(&self, reconnect_limit: Duration) -> bool {
+        self.lost == 0
+            && self.duplicates == 0
+            && self.relogins == 0
+            && u128::from(self.reconnect_p99_ms) <= reconnect_limit.as_millis()
+    }
+}
+
+/// Drives `load` against `front` while `faults` runs, and judges the result.
+///
+/// # Errors
+/// When the faults fail to run (a process would not start again).
+pub async fn drive<F>(front: SocketAddr, load: &Load, faults: F) -> anyhow::Result<Verdict>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let ledger = Arc::new(Ledger::default());
+    let run =
+        Run { front, ledger: ledger.clone(), stop_sending: CancellationToken::new(), stop: CancellationToken::new() };
+    let prefix = testkit::unique("chaos");
+    let mut users = JoinSet::new();
+    for n in 0..load.clients {
+        let profile = Profile {
+            user: format!("{prefix}-u{n}"),
+            room: format!("{prefix}-r{}", n % load.rooms.max(1)),
+            send_every: load.send_every,
+        };
+        users.spawn(agent::run(run.clone(), profile));
+        // Spread the logins a little, as real users arrive.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let progress = tokio::spawn(report_progress(ledger.clone(), run.stop.clone()));
+    let started = Instant::now();
+    let faults_result = tokio::join!(faults, tokio::time::sleep(load.duration)).0;
+    tracing::info!(elapsed = ?started.elapsed(), "sending stops; settling");
+    run.stop_sending.cancel();
+    tokio::time::sleep(load.settle).await;
+    run.stop.cancel();
+    let mut reports = Vec::new();
+    while let Some(report) = users.join_next().await {
+        reports.push(report.context("a user task panicked")?);
+    }
+    progress.abort();
+    faults_result?;
+    Ok(judge(load.clients, &ledger, &reports))
+}
+
+async fn report_progress(ledger: Arc<Ledger>, stop: CancellationToken) {
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = stop.cancelled() => return,
+        }
+        eprintln!("[{:>4}s] acked so far: {}", started.elapsed().as_secs(), ledger.total());
+    }
+}
+
+/// Compares every user's messages with what was acked in its room.
+pub fn judge(clients: usize, ledger: &Ledger, reports: &[Report]) -> Verdict {
+    let mut lost = 0;
+    let mut times: Vec<Duration> = Vec::new();
+    for report in reports {
+        let acked = ledger.acked_in(&report.room);
+        let missing = acked.keys().filter(|id| !report.received.ids.contains(id)).count();
+        if missing > 0 {
+            tracing::warn!(room = %report.room, missing, "a user missed acked messages");
+        }
+        lost += missing as u64;
+        times.extend(&report.reconnect_times);
+    }
+    times.sort_unstable();
+    Verdict {
+        clients,
+        acked: ledger.total(),
+        lost,
+        duplicates: reports.iter().map(|r| r.received.duplicates).sum(),
+        relogins: reports.iter().map(|r| r.relogins).sum(),
+        reconnects: reports.iter().map(|r| r.reconnects).sum(),
+        reconnect_p50_ms: millis(percentile(&times, 0.50)),
+        reconnect_p99_ms: millis(percentile(&times, 0.99)),
+        max_gap_ms: millis(reports.iter().map(|r| r.received.max_gap).max().unwrap_or_default()),
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A private stack to break: its own Redis and RabbitMQ, 2 bridges, 3
+/// gateways (and a spare), HAProxy.
+#[derive(Debug)]
+pub struct Lab {
+    /// The processes.
+    pub stack: Stack,
+    /// Its Redis.
+    pub redis: RedisServer,
+    /// Its RabbitMQ node.
+    pub rabbit: RabbitNode,
+}
+
+impl Lab {
+    /// Starts everything.
+    ///
+    /// # Errors
+    /// When a service or process does not start.
+    pub async fn start(bridges: usize, gateways: usize, drain_window: Duration) -> anyhow::Result<Self> {
+        let redis = RedisServer::start().await.context("start Redis")?;
+        let rabbit = RabbitNode::start().await.context("start RabbitMQ")?;
+        let extras = Extras {
+            redis_url: Some(redis.url()),
+            amqp_url: Some(rabbit.url()),
+            spare_gateways: 1,
+            drain_window: Some(drain_window),
+        };
+        let stack = Stack::start_with(Shape { bridges, gateways, haproxy: true }, extras).await?;
+        Ok(Self { stack, redis, rabbit })
+    }
+
+    /// The fault schedule, spread over `duration`: a gateway drained
+    /// (SIGTERM: scale-down), a gateway crashed (SIGKILL) and replaced, a
+    /// bridge killed and restarted, RabbitMQ restarted, Redis restarted.
+    ///
+    /// # Errors
+    /// When something does not come back.
+    pub async fn faults(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let at = |fraction: f64| tokio::time::sleep_until((start + duration.mul_f64(fraction)).into());
+
+        at(0.10).await;
+        event("SIGTERM gw-1 (scale-down)");
+        self.stack.gateways[0].process.signal("TERM").await?;
+
+        at(0.25).await;
+        event("SIGKILL gw-2 (crash), start gw-4");
+        self.stack.gateways[1].process.signal("KILL").await?;
+        self.stack.start_spare(0).await?;
+
+        at(0.40).await;
+        event("SIGKILL bridge-1");
+        self.stack.bridges[0].process.signal("KILL").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.stack.restart_bridge(0).await?;
+        event("bridge-1 back");
+
+        at(0.55).await;
+        event("RabbitMQ stops");
+        self.rabbit.stop().await?;
+        self.rabbit.start_again().await?;
+        event("RabbitMQ back");
+
+        at(0.75).await;
+        event("Redis stops");
+        self.redis.stop().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.redis.start_again().await?;
+        event("Redis back");
+        Ok(())
+    }
+}
+
+fn event(what: &str) {
+    eprintln!("chaos: {what}");
+}

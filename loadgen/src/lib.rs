@@ -1,0 +1,16 @@
+//! Warren's protocol clients for chaos and load runs.
+//!
+//! - [`socket`]: a WebSocket client whose reads and writes run on their own
+//!   tasks, so a virtual user can wait on frames, timers and signals at once.
+//! - [`agent`]: one virtual user that follows the client rules of
+//!   `docs/protocol.md`: `/session` before every reconnect, `join` with
+//!   `since`, unacked sends resent with their `cid`, backoff with full
+//!   jitter, login only after a `401`.
+//! - [`ledger`]: what was acked in each room, and what each user received.
+//! - [`chaos`]: the chaos run: a private stack, faults on a schedule, and the
+//!   verdict.
+
+pub mod agent;
+pub mod chaos;
+pub mod ledger;
+pub mod socket;
