@@ -20,6 +20,7 @@ pub mod publisher;
 pub mod room;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::warren::v1::bridge_server::BridgeServer;
 use tokio::net::TcpListener;
@@ -60,7 +61,11 @@ pub async fn run(
     });
 
     let tracker = TaskTracker::new();
-    let publisher = Arc::new(Publisher::new(broker.clone(), config.publish_timeout, tracker.clone(), shutdown.clone()));
+    // Room watches live as long as the broker connection, so that publishes
+    // in flight at shutdown still learn their ids.
+    let watches = TaskTracker::new();
+    let publisher =
+        Arc::new(Publisher::new(broker.clone(), config.publish_timeout, watches.clone(), broker_token.clone()));
     let service = BridgeService::new(broker.clone(), publisher, tracker.clone(), shutdown.clone());
     let readiness = {
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
@@ -79,16 +84,26 @@ pub async fn run(
         .add_service(BridgeServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
     let mut served = std::pin::pin!(served);
+    let mut deadline = tokio::time::Instant::now() + config.shutdown_grace;
     let result = tokio::select! {
         result = served.as_mut() => result,
         // After the signal the server returns once its streams ended;
         // gateways end them when they see `Draining`, and the grace period
         // bounds the wait.
-        () = shutdown.cancelled() => tokio::time::timeout(config.shutdown_grace, served).await.unwrap_or(Ok(())),
+        () = shutdown.cancelled() => {
+            deadline = tokio::time::Instant::now() + config.shutdown_grace;
+            tokio::time::timeout_at(deadline, served).await.unwrap_or(Ok(()))
+        }
     }
     .map_err(RunError::from);
-    ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
+    // Gateway streams, room forwarders and publishes share one deadline.
+    tracker.close();
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
+        tracing::warn!(remaining = tracker.len(), "tasks still running at the shutdown deadline");
+    }
     broker_token.cancel();
+    watches.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), watches.wait()).await;
     admin_token.cancel();
     let _ = admin_task.await;
     let _ = broker_task.await;

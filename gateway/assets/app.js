@@ -17,6 +17,7 @@
   const DEFAULT_ROOM = 'lobby';
   const ROOM_RE = /^[a-z0-9_-]{1,64}$/;
   const MAX_TEXT = 4000;
+  const PING_EVERY_MS = 20000;   // an application ping, answered by a pong frame
   const DEAD_AFTER_MS = 45000;   // no frame at all for this long: the socket is dead
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_CAP_MS = 20000;
@@ -36,7 +37,7 @@
     connecting: false,      // a session check is in flight
     attempt: 0,             // failed attempts since the last welcome
     reconnectAt: 0,
-    timers: { reconnect: 0, countdown: 0, dead: 0, status: 0 },
+    timers: { reconnect: 0, countdown: 0, dead: 0, ping: 0, status: 0 },
     rooms: new Map(),       // name -> { name, items, ids, lastId, readId, unread, joined }
     order: [],              // room names in the order shown
     current: DEFAULT_ROOM,
@@ -214,6 +215,10 @@
     const ws = new WebSocket(url);
     st.socket = ws;
     armDeadTimer();
+    // Browsers answer the server's WebSocket pings without telling scripts,
+    // so a quiet room would look dead: ping at the application level too.
+    clearInterval(st.timers.ping);
+    st.timers.ping = setInterval(() => transmit({ type: 'ping' }), PING_EVERY_MS);
     ws.onmessage = (ev) => { if (ws === st.socket) { armDeadTimer(); onFrame(ev.data); } };
     ws.onclose = () => { if (ws === st.socket) lost(); };
     ws.onerror = () => { if (ws === st.socket) lost(); };
@@ -229,6 +234,7 @@
     const ws = st.socket;
     st.socket = null;
     clearTimeout(st.timers.dead);
+    clearInterval(st.timers.ping);
     if (ws) {
       ws.onmessage = ws.onclose = ws.onerror = null;
       try { ws.close(); } catch (_) { /* already closing */ }
@@ -304,7 +310,7 @@
       case 'ack': return onAck(f);
       case 'error': return onError(f);
       case 'reconnect': return lost(Math.max(0, Number(f.after_ms) || 0));
-      default: return undefined; // 'left' and anything newer: nothing to do
+      default: return undefined; // 'left', 'pong' and anything newer: nothing to do
     }
   }
 

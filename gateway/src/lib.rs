@@ -76,11 +76,7 @@ pub async fn run(
     let instance: Arc<str> = config.instance_name().into();
     let readiness = {
         let (upstream, shutdown) = (upstream.clone(), shutdown.clone());
-        move || match (shutdown.is_cancelled(), upstream.is_attached()) {
-            (true, _) => Err("draining".to_owned()),
-            (false, false) => Err("no bridge attached".to_owned()),
-            (false, true) => Ok(()),
-        }
+        move || if shutdown.is_cancelled() { Err("draining".to_owned()) } else { upstream.readiness() }
     };
     // The admin port outlives the drain: probes must see "not ready" then.
     let admin_token = CancellationToken::new();

@@ -38,6 +38,8 @@ impl CloseReason {
     pub const RESTART: Self = Self { code: close::SERVICE_RESTART, text: "server restarting" };
     /// The socket could not keep up with its rooms.
     pub const SLOW: Self = Self { code: close::POLICY, text: "slow: too far behind" };
+    /// The peer stopped answering pings.
+    pub const IDLE: Self = Self { code: close::POLICY, text: "timeout: no pong" };
 }
 
 /// What a socket's writer is asked to send.
@@ -47,6 +49,8 @@ pub enum Outbound {
     Text(Bytes),
     /// A pong answering a client's ping.
     Pong(Bytes),
+    /// A ping, to learn whether the client is still there.
+    Ping,
     /// Close the socket with this code and reason.
     Close(CloseReason),
 }

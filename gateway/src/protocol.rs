@@ -20,6 +20,8 @@ pub enum ClientFrame {
     Leave { room: String },
     /// Send a message to a joined room.
     Send { room: String, text: String, cid: String },
+    /// An application-level heartbeat (browsers cannot see WebSocket pings).
+    Ping,
 }
 
 /// Why a client frame was refused: the `error` frame's code and message.
@@ -99,6 +101,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
             check_text(&text).map_err(with_cid)?;
             Ok(ClientFrame::Send { room, text, cid })
         }
+        "ping" => Ok(ClientFrame::Ping),
         other => Err(FrameError::new("unknown_type", format!("unknown frame type {other:?}")).with_cid(cid)),
     }
 }
@@ -157,6 +160,8 @@ pub enum ServerFrame<'a> {
     },
     /// Reconnect (elsewhere) after this delay.
     Reconnect { after_ms: u64 },
+    /// Answers a `ping`.
+    Pong,
 }
 
 impl ServerFrame<'_> {
@@ -205,6 +210,7 @@ mod tests {
             Ok(ClientFrame::Join { room: "lobby".into(), since: None })
         );
         assert_eq!(decode(r#"{"type":"leave","room":"a-b_1"}"#), Ok(ClientFrame::Leave { room: "a-b_1".into() }));
+        assert_eq!(decode(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
         assert_eq!(
             decode(r#"{"type":"send","room":"lobby","text":"hi","cid":"c-1","user":"mallory"}"#),
             Ok(ClientFrame::Send { room: "lobby".into(), text: "hi".into(), cid: "c-1".into() })

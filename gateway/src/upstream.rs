@@ -28,6 +28,9 @@ use crate::hub::Hub;
 const OUTBOUND_BUFFER: usize = 4096;
 /// How long a publish waits for the bridge's answer.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a gateway moving between bridges still counts as ready: a bridge
+/// that drains must not take every gateway on it out of the balancer.
+const MOVE_GRACE: Duration = Duration::from_secs(5);
 
 /// A publish that did not get an id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +73,8 @@ struct State {
     link: Option<Link>,
     /// Publishes waiting for their answer, by request id.
     pending: HashMap<u64, oneshot::Sender<Result<u64, PublishFailure>>>,
+    /// When the last stream ended; `None` before the first one.
+    detached_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,9 +93,24 @@ impl Upstream {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a bridge stream is up (readiness).
+    /// Whether a bridge stream is up.
     pub fn is_attached(&self) -> bool {
         self.lock().link.is_some()
+    }
+
+    /// Readiness: attached, or moving between bridges for less than
+    /// [`MOVE_GRACE`]. Before the first stream the gateway is not ready.
+    ///
+    /// # Errors
+    /// The reason the gateway should not get traffic.
+    pub fn readiness(&self) -> Result<(), String> {
+        let state = self.lock();
+        match (&state.link, state.detached_at) {
+            (Some(_), _) => Ok(()),
+            (None, None) => Err("no bridge attached yet".to_owned()),
+            (None, Some(at)) if at.elapsed() < MOVE_GRACE => Ok(()),
+            (None, Some(at)) => Err(format!("no bridge attached for {}s", at.elapsed().as_secs())),
+        }
     }
 
     fn send(&self, kind: Out) -> bool {
@@ -245,7 +265,9 @@ impl Upstream {
     /// Drops the stream and fails every publish waiting on it.
     fn detach(&self) {
         let mut state = self.lock();
-        state.link = None;
+        if state.link.take().is_some() {
+            state.detached_at = Some(std::time::Instant::now());
+        }
         for (_, waiter) in state.pending.drain() {
             let _ = waiter.send(Err(PublishFailure::unavailable("the bridge connection was lost; retry")));
         }

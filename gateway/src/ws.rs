@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError};
 use hyper::upgrade::Upgraded;
@@ -28,6 +29,10 @@ use crate::upstream::Upstream;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Frames queued for one socket before it counts as too slow to keep.
 pub const QUEUE_FRAMES: usize = 4096;
+/// How often the gateway pings a socket.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// A socket that sent nothing (not even a pong) for this long is dead.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(50);
 
 type Stream = TokioIo<Upgraded>;
 
@@ -73,9 +78,12 @@ impl Handler {
         shared.sockets.insert(id, mailbox.clone());
         tracing::info!(socket = id, user = session.user.as_str(), "socket open");
         let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();
+        let alive = Arc::new(Liveness::default());
+        let keepalive = shared.tracker.spawn(keep_alive(mailbox.clone(), alive.clone()));
         let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new() };
         handler.queue(welcome).await;
-        let reason = handler.read_loop(FragmentCollectorRead::new(read), &closer).await;
+        let reason = handler.read_loop(FragmentCollectorRead::new(read), &closer, &alive).await;
+        keepalive.abort();
         for room in std::mem::take(&mut handler.rooms) {
             handler.shared.hub.leave(&room, handler.id);
         }
@@ -86,7 +94,12 @@ impl Handler {
         tracing::info!(socket = id, code = reason.code, reason = reason.text, "socket closed");
     }
 
-    async fn read_loop(&mut self, mut read: FragmentCollectorRead<ReadHalf<Stream>>, closer: &Closer) -> CloseReason {
+    async fn read_loop(
+        &mut self,
+        mut read: FragmentCollectorRead<ReadHalf<Stream>>,
+        closer: &Closer,
+        alive: &Liveness,
+    ) -> CloseReason {
         let obligated_tx = self.mailbox.tx.clone();
         // Frames the protocol obliges us to send (pongs, the close echo) go
         // through the same queue as everything else.
@@ -107,6 +120,7 @@ impl Handler {
                 Ok(frame) => frame,
                 Err(error) => return close_reason(&error),
             };
+            alive.touch();
             match frame.opcode {
                 OpCode::Text => match std::str::from_utf8(&frame.payload) {
                     Ok(text) => self.on_text(text).await,
@@ -143,6 +157,7 @@ impl Handler {
                 }
                 self.queue(ServerFrame::Left { room: &room }.encode()).await;
             }
+            ClientFrame::Ping => self.queue(ServerFrame::Pong.encode()).await,
             ClientFrame::Send { room, text, cid } => {
                 if !self.rooms.contains(&room) {
                     let error = FrameError {
@@ -180,6 +195,47 @@ impl Handler {
     }
 }
 
+/// When the client last sent anything, in ms since the socket opened.
+#[derive(Debug)]
+struct Liveness {
+    opened: std::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self { opened: std::time::Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Liveness {
+    fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.opened.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Pings the socket every [`PING_EVERY`] and closes it once it has been
+/// silent for [`IDLE_LIMIT`] (a dead peer, or a half-open connection).
+async fn keep_alive(mailbox: Mailbox, alive: Arc<Liveness>) {
+    let mut ticks = tokio::time::interval(PING_EVERY);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if alive.silent_for() >= IDLE_LIMIT {
+            mailbox.closer.close(CloseReason::IDLE);
+            return;
+        }
+        if mailbox.tx.try_send(Outbound::Ping).is_err() {
+            return;
+        }
+    }
+}
+
 /// The close frame that answers a read error.
 fn close_reason(error: &WebSocketError) -> CloseReason {
     let (code, text) = match error {
@@ -207,6 +263,7 @@ async fn write_loop(mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>
             Outbound::Text(bytes) if bytes.is_empty() => continue,
             Outbound::Text(bytes) => write.write_frame(Frame::text(Payload::Borrowed(bytes))).await,
             Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
+            Outbound::Ping => write.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
             Outbound::Close(reason) => {
                 let _ = write.write_frame(Frame::close(reason.code, reason.text.as_bytes())).await;
                 break;

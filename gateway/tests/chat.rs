@@ -171,7 +171,9 @@ async fn malformed_frames_get_errors_and_the_socket_stays_usable() -> anyhow::Re
     };
     assert_eq!(send_error["cid"], "e-9", "errors answering a send carry its cid");
 
-    // Still usable.
+    // Still usable, heartbeat included.
+    alice.send(&json!({"type":"ping"})).await?;
+    alice.next_of_type("pong").await?;
     let id = alice.send_message(&room, "still here", "ok-1").await?;
     let echoed: Vec<Value> = alice.messages_until(&room, id).await?;
     assert_eq!(echoed.last().context("message")?["text"], "still here");
