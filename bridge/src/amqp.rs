@@ -57,15 +57,19 @@ impl Broker {
     /// Keeps a connection up until `shutdown`, then closes it.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut connected_before = false;
         while !shutdown.is_cancelled() {
             match Link::open(&self.url, self.retention.clone()).await {
                 Ok(link) => {
                     tracing::info!("connected to the broker");
+                    crate::metrics::amqp_connected(true, connected_before);
+                    connected_before = true;
                     backoff.reset();
                     let link = Arc::new(link);
                     self.link.send_replace(Some(link.clone()));
                     let lost = link.wait_lost(&shutdown).await;
                     self.link.send_replace(None);
+                    crate::metrics::amqp_connected(false, false);
                     if !lost {
                         let _ = link.connection.close(200, "bridge shutting down".into()).await;
                         return;

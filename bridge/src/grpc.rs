@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::amqp::Broker;
 use crate::error::BridgeError;
+use crate::metrics;
 use crate::publisher::{PublishRequest, Publisher};
 use crate::room::{self, Start};
 
@@ -76,6 +77,7 @@ impl Bridge for BridgeService {
             stream_token: self.shutdown.child_token(),
         };
         tracing::info!(?peer, "gateway attached");
+        metrics::gateway_stream(true);
         self.tracker.spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as FrameStream))
     }
@@ -86,6 +88,7 @@ impl Bridge for BridgeService {
             return Err(BridgeError::BadRoom.into());
         }
         let messages = read_history(&self.broker, &request).await?;
+        metrics::replayed(messages.len());
         Ok(Response::new(HistoryReply { messages }))
     }
 }
@@ -153,6 +156,7 @@ impl GatewaySession {
             }
         }
         self.stream_token.cancel();
+        metrics::gateway_stream(false);
         tracing::info!("gateway detached");
     }
 
@@ -184,10 +188,15 @@ impl GatewaySession {
 async fn answer_publish(publisher: Arc<Publisher>, publish: Publish, tx: mpsc::Sender<Result<BridgeFrame, Status>>) {
     let request_id = publish.request_id;
     let request = PublishRequest { room: publish.room, user: publish.user, text: publish.text, cid: publish.cid };
+    let started = std::time::Instant::now();
     let answer = match publisher.publish(&request).await {
-        Ok(id) => Out::Ack(PublishAck { request_id, id }),
+        Ok(id) => {
+            metrics::published(started.elapsed(), None);
+            Out::Ack(PublishAck { request_id, id })
+        }
         Err(error) => {
             tracing::warn!(room = %request.room, %error, "publish failed");
+            metrics::published(started.elapsed(), Some(error.code()));
             Out::Error(error.to_publish_error(request_id))
         }
     };
@@ -203,6 +212,8 @@ async fn forward_room(
     token: CancellationToken,
 ) {
     let mut announced = false;
+    metrics::subscription(true);
+    let _ended = scopeguard_subscription();
     while let Some(link) = broker.next_link(&token).await {
         let mut consumer = match link.consume(&room, start).await {
             Ok(consumer) => consumer,
@@ -232,6 +243,7 @@ async fn forward_room(
             match next {
                 Some(Ok(stored)) => {
                     start = Start::After(stored.message.id);
+                    metrics::forwarded(age_of(stored.message.ts));
                     if tx.send(Ok(frame(Out::Message(stored.message)))).await.is_err() {
                         return;
                     }
@@ -244,6 +256,24 @@ async fn forward_room(
             }
         }
     }
+}
+
+/// Counts a subscription as ended when the forwarding task ends, however it
+/// ends.
+fn scopeguard_subscription() -> impl Drop {
+    struct Ended;
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            metrics::subscription(false);
+        }
+    }
+    Ended
+}
+
+/// How long ago a timestamp (ms since the Unix epoch) was.
+fn age_of(ts_millis: i64) -> Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    now.saturating_sub(Duration::from_millis(u64::try_from(ts_millis).unwrap_or_default()))
 }
 
 fn frame(kind: Out) -> BridgeFrame {

@@ -11,11 +11,13 @@
 //! - [`publisher`]: confirmed publishing, ids and de-duplication by cid.
 //! - [`grpc`]: the service gateways attach to.
 //! - [`error`]: the error types and their translation for gateways.
+//! - [`metrics`]: the Prometheus metrics, named in one place.
 
 pub mod amqp;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod publisher;
 pub mod room;
 
@@ -52,6 +54,9 @@ pub async fn run(
         max_bytes: config.stream_max_bytes,
         segment_bytes: config.stream_segment_bytes,
     };
+    let exporter = ops::metrics::install();
+    metrics::describe();
+    metrics::amqp_connected(false, false);
     let broker = Broker::new(config.amqp_url.clone(), retention);
     // The broker outlives the service so that publishes in flight can finish.
     let broker_token = CancellationToken::new();
@@ -77,7 +82,7 @@ pub async fn run(
     };
     // The admin port outlives the drain: probes must see "not ready" then.
     let admin_token = CancellationToken::new();
-    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), admin_token.clone()));
+    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), exporter, admin_token.clone()));
     tracing::info!(listen = %config.listen, instance = %config.instance, "bridge serving");
 
     let served = tonic::transport::Server::builder()

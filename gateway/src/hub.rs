@@ -26,6 +26,7 @@ use proto::warren::v1::Message;
 use tokio_util::task::TaskTracker;
 
 use crate::mailbox::{Mailbox, SocketId};
+use crate::metrics;
 use crate::protocol::ServerFrame;
 use crate::upstream::Upstream;
 
@@ -185,6 +186,7 @@ impl Hub {
             }
         }
         room.members.insert(socket, member);
+        metrics::rooms(rooms.len());
         drop(rooms);
         if is_new {
             self.upstream.subscribe(room_name, None);
@@ -201,6 +203,7 @@ impl Hub {
         room.members.remove(&socket);
         if room.members.is_empty() {
             rooms.remove(room_name);
+            metrics::rooms(rooms.len());
             drop(rooms);
             self.upstream.unsubscribe(room_name);
         }
@@ -220,6 +223,9 @@ impl Hub {
                 if let Some(gap) = member.offer(&delivered) {
                     gaps.push((socket, gap));
                 }
+            }
+            if delivered.frame.is_some() {
+                metrics::delivered(room.members.len(), age_of(message.ts));
             }
             room.remember(delivered);
         }
@@ -258,14 +264,17 @@ impl Hub {
             messages.extend(recent);
             let Some(member) = room.members.get_mut(&socket) else { return };
             let mut cursor = gap.after;
+            let mut replayed = 0;
             for message in messages {
                 if message.id > cursor {
                     cursor = message.id;
                     if let Some(frame) = message.frame {
                         member.mailbox.offer(frame);
+                        replayed += 1;
                     }
                 }
             }
+            metrics::replayed(replayed);
             if cursor < gap.up_to {
                 tracing::warn!(room = room_name, after = cursor, up_to = gap.up_to, "messages no longer retained");
             }
@@ -305,4 +314,11 @@ impl Hub {
         }
         out
     }
+}
+
+/// How long ago a server timestamp (ms since the Unix epoch) was.
+fn age_of(ts_millis: i64) -> Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let then = Duration::from_millis(u64::try_from(ts_millis).unwrap_or_default());
+    now.saturating_sub(then)
 }

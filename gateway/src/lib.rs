@@ -16,12 +16,14 @@
 //! - [`hub`]: rooms, members, replay and gap filling.
 //! - [`upstream`]: the gRPC link to the bridges.
 //! - [`error`]: HTTP errors and their statuses.
+//! - [`metrics`]: the Prometheus metrics, named in one place.
 
 pub mod config;
 pub mod drain;
 pub mod error;
 pub mod hub;
 pub mod mailbox;
+pub mod metrics;
 pub mod pages;
 pub mod protocol;
 pub mod server;
@@ -57,6 +59,10 @@ pub async fn run(
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let exporter = ops::metrics::install();
+    metrics::describe();
+    metrics::draining(false);
+    metrics::bridge_attached(false, false);
     if config.session_secret.is_none() {
         tracing::warn!(
             "NO SESSION SECRET CONFIGURED: using the public development secret; anyone can forge sessions. \
@@ -80,7 +86,7 @@ pub async fn run(
     };
     // The admin port outlives the drain: probes must see "not ready" then.
     let admin_token = CancellationToken::new();
-    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), admin_token.clone()));
+    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), exporter, admin_token.clone()));
 
     let sockets = Arc::new(Sockets::default());
     let shared =
@@ -90,6 +96,7 @@ pub async fn run(
     let serving = tokio::spawn(server::serve(listener, app, shutdown.clone(), config.shutdown_grace));
 
     shutdown.cancelled().await;
+    metrics::draining(true);
     sockets.drain(config.drain_window).await;
     let _ = serving.await;
     ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;

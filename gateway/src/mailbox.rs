@@ -40,6 +40,20 @@ impl CloseReason {
     pub const SLOW: Self = Self { code: close::POLICY, text: "slow: too far behind" };
     /// The peer stopped answering pings.
     pub const IDLE: Self = Self { code: close::POLICY, text: "timeout: no pong" };
+
+    /// A short, fixed label for metrics.
+    pub fn label(&self) -> &'static str {
+        match *self {
+            Self::RESTART => "restart",
+            Self::SLOW => "slow",
+            Self::IDLE => "idle",
+            Self { code: close::NORMAL, .. } => "normal",
+            Self { code: close::TOO_BIG, .. } => "too_big",
+            Self { code: close::INVALID_PAYLOAD, .. } => "invalid_utf8",
+            Self { code: close::POLICY, .. } => "protocol",
+            _ => "other",
+        }
+    }
 }
 
 /// What a socket's writer is asked to send.
@@ -91,6 +105,9 @@ impl Mailbox {
     pub fn offer(&self, frame: Bytes) -> bool {
         if self.tx.try_send(Outbound::Text(frame)).is_ok() {
             return true;
+        }
+        if !self.closer.token.is_cancelled() {
+            crate::metrics::queue_overflow();
         }
         self.closer.close(CloseReason::SLOW);
         false

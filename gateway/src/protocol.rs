@@ -24,6 +24,18 @@ pub enum ClientFrame {
     Ping,
 }
 
+impl ClientFrame {
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Join { .. } => "join",
+            Self::Leave { .. } => "leave",
+            Self::Send { .. } => "send",
+            Self::Ping => "ping",
+        }
+    }
+}
+
 /// Why a client frame was refused: the `error` frame's code and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]

@@ -25,8 +25,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::HttpError;
+use crate::metrics;
 use crate::pages;
-use crate::session::{Session, SessionStore, UserName};
+use crate::session::{Session, SessionError, SessionStore, UserName};
 use crate::ws::{Handler, Shared};
 
 /// The largest form body `POST /login` reads.
@@ -178,9 +179,17 @@ impl App {
             return Err(HttpError::BadRequest("expected a WebSocket upgrade".to_owned()));
         }
         if !self.origin_allowed(request.headers()) {
+            metrics::handshake_refused("origin");
             return Err(HttpError::ForbiddenOrigin);
         }
-        let session = self.sessions.authenticate(request.headers()).await?;
+        let session = self.sessions.authenticate(request.headers()).await.inspect_err(|error| {
+            metrics::handshake_refused(match error {
+                SessionError::NoCookie => "no_session",
+                SessionError::BadSignature => "bad_signature",
+                SessionError::Unknown => "unknown_session",
+                SessionError::Store(_) => "store_unavailable",
+            });
+        })?;
         let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
             .map_err(|error| HttpError::BadRequest(format!("bad upgrade: {error}")))?;
         let shared = self.shared.clone();

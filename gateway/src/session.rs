@@ -249,8 +249,11 @@ impl SessionStore {
     /// session, Redis down.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Session, SessionError> {
         let id = self.id_from_headers(headers)?;
-        let mut redis = self.pool.get().await?;
-        let raw: Option<String> = redis.get(id.key()).await?;
+        let raw: Option<String> = timed("get", async {
+            let mut redis = self.pool.get().await?;
+            Ok(redis.get(id.key()).await?)
+        })
+        .await?;
         let record: Record = raw.and_then(|raw| serde_json::from_str(&raw).ok()).ok_or(SessionError::Unknown)?;
         if record.is_expired() {
             return Err(SessionError::Unknown);
@@ -276,11 +279,15 @@ impl SessionStore {
     /// `Store` when Redis fails.
     pub async fn regenerate(&self, old: &Session) -> Result<Session, SessionError> {
         let session = self.create(old.user.clone()).await?;
-        let mut redis = self.pool.get().await?;
         let grace = i64::try_from(REGENERATE_GRACE.as_secs()).unwrap_or(10);
-        // EXPIRE ... LT would keep a shorter TTL; a plain EXPIRE is fine: the
-        // grace is far shorter than any session lifetime.
-        let _: bool = redis.expire(old.id.key(), grace).await?;
+        // A plain EXPIRE is fine: the grace is far shorter than any session
+        // lifetime.
+        timed("expire", async {
+            let mut redis = self.pool.get().await?;
+            let _: bool = redis.expire(old.id.key(), grace).await?;
+            Ok(())
+        })
+        .await?;
         Ok(session)
     }
 
@@ -289,17 +296,23 @@ impl SessionStore {
     /// # Errors
     /// `Store` when Redis fails.
     pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
-        let mut redis = self.pool.get().await?;
-        let _: u64 = redis.del(id.key()).await?;
-        Ok(())
+        timed("del", async {
+            let mut redis = self.pool.get().await?;
+            let _: u64 = redis.del(id.key()).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn save(&self, session: &Session) -> Result<(), SessionError> {
         let record = Record::new(&session.user, self.max_age, self.secure);
         let json = serde_json::to_string(&record).map_err(|error| SessionError::Store(error.to_string()))?;
-        let mut redis = self.pool.get().await?;
-        let _: () = redis.set_ex(session.id.key(), json, self.max_age.as_secs().max(1)).await?;
-        Ok(())
+        timed("set", async {
+            let mut redis = self.pool.get().await?;
+            let _: () = redis.set_ex(session.id.key(), json, self.max_age.as_secs().max(1)).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The `Set-Cookie` value that hands `id` to the browser.
@@ -324,6 +337,17 @@ impl SessionStore {
         let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut redis).await?;
         Ok(())
     }
+}
+
+/// Runs one session store call, recording its latency and failure.
+async fn timed<T>(
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    crate::metrics::redis_call(operation, started.elapsed(), result.is_ok());
+    result
 }
 
 impl Record {

@@ -216,7 +216,12 @@ impl Upstream {
                 return Ok(());
             }
         };
-        self.lock().link = Some(Link { frames, client });
+        let reconnect = {
+            let mut state = self.lock();
+            state.link = Some(Link { frames, client });
+            state.detached_at.is_some()
+        };
+        crate::metrics::bridge_attached(true, reconnect);
         tracing::info!(bridge = %url, "attached to bridge");
         if let Some(hub) = hub.upgrade() {
             for (room, after_id) in hub.subscriptions() {
@@ -267,6 +272,7 @@ impl Upstream {
         let mut state = self.lock();
         if state.link.take().is_some() {
             state.detached_at = Some(std::time::Instant::now());
+            crate::metrics::bridge_attached(false, false);
         }
         for (_, waiter) in state.pending.drain() {
             let _ = waiter.send(Err(PublishFailure::unavailable("the bridge connection was lost; retry")));

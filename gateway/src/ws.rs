@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::drain::Sockets;
 use crate::hub::Hub;
 use crate::mailbox::{CloseReason, Closer, Mailbox, Outbound, SocketId, close};
+use crate::metrics;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::session::Session;
 use crate::upstream::Upstream;
@@ -76,12 +77,13 @@ impl Handler {
         let writer = shared.tracker.spawn(write_loop(write, rx));
         let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         shared.sockets.insert(id, mailbox.clone());
+        metrics::socket_opened();
         tracing::info!(socket = id, user = session.user.as_str(), "socket open");
         let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();
         let alive = Arc::new(Liveness::default());
         let keepalive = shared.tracker.spawn(keep_alive(mailbox.clone(), alive.clone()));
         let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new() };
-        handler.queue(welcome).await;
+        handler.queue("welcome", welcome).await;
         let reason = handler.read_loop(FragmentCollectorRead::new(read), &closer, &alive).await;
         keepalive.abort();
         for room in std::mem::take(&mut handler.rooms) {
@@ -91,6 +93,7 @@ impl Handler {
         let _ = handler.mailbox.tx.send(Outbound::Close(reason)).await;
         drop(handler.mailbox);
         let _ = writer.await;
+        metrics::socket_closed(reason.label(), reason.code);
         tracing::info!(socket = id, code = reason.code, reason = reason.text, "socket closed");
     }
 
@@ -127,12 +130,13 @@ impl Handler {
                     Err(_) => return CloseReason { code: close::INVALID_PAYLOAD, text: "text is not UTF-8" },
                 },
                 OpCode::Binary => {
+                    metrics::frame_in("binary");
                     let error = FrameError {
                         code: "binary_unsupported",
                         message: "send JSON text frames".to_owned(),
                         cid: None,
                     };
-                    self.queue(error.encode()).await;
+                    self.queue("error", error.encode()).await;
                 }
                 OpCode::Close => return CloseReason { code: close::NORMAL, text: "" },
                 _ => {}
@@ -143,11 +147,18 @@ impl Handler {
     async fn on_text(&mut self, text: &str) {
         let frame = match protocol::decode(text) {
             Ok(frame) => frame,
-            Err(error) => return self.queue(error.encode()).await,
+            Err(error) => {
+                metrics::frame_in("invalid");
+                return self.queue("error", error.encode()).await;
+            }
         };
+        metrics::frame_in(frame.kind());
         match frame {
             ClientFrame::Join { room, since } => {
-                self.queue(ServerFrame::Joined { room: &room }.encode()).await;
+                if since.is_some() {
+                    metrics::resumed();
+                }
+                self.queue("joined", ServerFrame::Joined { room: &room }.encode()).await;
                 self.shared.hub.join(&room, self.id, self.mailbox.clone(), since);
                 self.rooms.insert(room);
             }
@@ -155,9 +166,9 @@ impl Handler {
                 if self.rooms.remove(&room) {
                     self.shared.hub.leave(&room, self.id);
                 }
-                self.queue(ServerFrame::Left { room: &room }.encode()).await;
+                self.queue("left", ServerFrame::Left { room: &room }.encode()).await;
             }
-            ClientFrame::Ping => self.queue(ServerFrame::Pong.encode()).await,
+            ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()).await,
             ClientFrame::Send { room, text, cid } => {
                 if !self.rooms.contains(&room) {
                     let error = FrameError {
@@ -165,7 +176,7 @@ impl Handler {
                         message: format!("join {room:?} before sending to it"),
                         cid: Some(cid),
                     };
-                    return self.queue(error.encode()).await;
+                    return self.queue("error", error.encode()).await;
                 }
                 self.spawn_send(room, text, cid);
             }
@@ -178,19 +189,24 @@ impl Handler {
         let (upstream, tx) = (self.shared.upstream.clone(), self.mailbox.tx.clone());
         let user = self.session.user.as_str().to_owned();
         self.shared.tracker.spawn(async move {
-            let reply = match upstream.publish(&room, &user, &text, &cid).await {
-                Ok(id) => ServerFrame::Ack { cid: &cid, id }.encode(),
-                Err(failure) => {
-                    ServerFrame::Error { code: &failure.code, message: &failure.message, cid: Some(&cid) }.encode()
-                }
+            let started = std::time::Instant::now();
+            let (kind, reply) = match upstream.publish(&room, &user, &text, &cid).await {
+                Ok(id) => ("ack", ServerFrame::Ack { cid: &cid, id }.encode()),
+                Err(failure) => (
+                    "error",
+                    ServerFrame::Error { code: &failure.code, message: &failure.message, cid: Some(&cid) }.encode(),
+                ),
             };
+            metrics::send_answered(started.elapsed());
+            metrics::frame_out(kind);
             let _ = tx.send(Outbound::Text(reply)).await;
         });
     }
 
     /// Queues a reply, waiting for room if the queue is full: replies are
     /// few and the client is waiting for them.
-    async fn queue(&self, frame: bytes::Bytes) {
+    async fn queue(&self, kind: &'static str, frame: bytes::Bytes) {
+        metrics::frame_out(kind);
         let _ = self.mailbox.tx.send(Outbound::Text(frame)).await;
     }
 }
@@ -261,7 +277,10 @@ async fn write_loop(mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>
     while let Some(outbound) = rx.recv().await {
         let result = match &outbound {
             Outbound::Text(bytes) if bytes.is_empty() => continue,
-            Outbound::Text(bytes) => write.write_frame(Frame::text(Payload::Borrowed(bytes))).await,
+            Outbound::Text(bytes) => {
+                metrics::bytes_out(bytes.len());
+                write.write_frame(Frame::text(Payload::Borrowed(bytes))).await
+            }
             Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
             Outbound::Ping => write.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
             Outbound::Close(reason) => {

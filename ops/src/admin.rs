@@ -1,5 +1,5 @@
-//! The admin port: `/healthz` (the process runs) and `/readyz` (it should get
-//! traffic). Kept off the public port so that probes and scrapes never mix
+//! The admin port: `/healthz` (the process runs), `/readyz` (it should get
+//! traffic) and `/metrics` (Prometheus). Kept off the public port so that probes and scrapes never mix
 //! with user traffic and can be firewalled apart.
 
 use std::convert::Infallible;
@@ -14,6 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Exporter;
 
 /// Answers "should this process get traffic now?": `Ok` or the reason why not.
 pub trait Readiness: Send + Sync + 'static {
@@ -30,8 +32,14 @@ where
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, readiness: Arc<dyn Readiness>, shutdown: CancellationToken) {
+/// Serves the admin endpoints on `listener` until `shutdown` is cancelled;
+/// `/metrics` answers when an exporter is given.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<dyn Readiness>,
+    exporter: Option<Exporter>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -43,10 +51,10 @@ pub async fn serve(listener: TcpListener, readiness: Arc<dyn Readiness>, shutdow
             },
             () = shutdown.cancelled() => return,
         };
-        let readiness = readiness.clone();
+        let (readiness, exporter) = (readiness.clone(), exporter.clone());
         let service = service_fn(move |request| {
-            let readiness = readiness.clone();
-            async move { Ok::<_, Infallible>(route(&request, readiness.as_ref())) }
+            let (readiness, exporter) = (readiness.clone(), exporter.clone());
+            async move { Ok::<_, Infallible>(route(&request, readiness.as_ref(), exporter.as_ref())) }
         });
         tokio::spawn(async move {
             // Admin connections are short probe requests; an error here only
@@ -56,8 +64,19 @@ pub async fn serve(listener: TcpListener, readiness: Arc<dyn Readiness>, shutdow
     }
 }
 
-fn route(request: &Request<Incoming>, readiness: &dyn Readiness) -> Response<Full<Bytes>> {
+fn route(request: &Request<Incoming>, readiness: &dyn Readiness, exporter: Option<&Exporter>) -> Response<Full<Bytes>> {
     match request.uri().path() {
+        "/metrics" => match exporter {
+            Some(exporter) => {
+                let mut response = text(StatusCode::OK, exporter.render());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are not enabled in this process\n".to_owned()),
+        },
         "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => match readiness.check() {
             Ok(()) => text(StatusCode::OK, "ready\n".to_owned()),

@@ -1,0 +1,64 @@
+//! The bridge's metrics, named in one place. Every name starts with
+//! `warren_bridge_` and ends with its unit; labels hold only small fixed sets.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Describes every metric, so that `/metrics` carries help text and units.
+pub fn describe() {
+    describe_gauge!("warren_bridge_gateway_streams_open", "Gateway streams attached now.");
+    describe_gauge!("warren_bridge_subscriptions", "Room subscriptions of attached gateways.");
+    describe_counter!("warren_bridge_publishes_total", "Publishes acked to gateways.");
+    describe_counter!("warren_bridge_publish_failures_total", "Publishes answered with an error, by reason.");
+    describe_histogram!("warren_bridge_confirm_seconds", Unit::Seconds, "From a publish to its broker confirm and id.");
+    describe_histogram!(
+        "warren_bridge_consumer_lag_seconds",
+        Unit::Seconds,
+        "From a message's timestamp to its forwarding to a gateway."
+    );
+    describe_counter!("warren_bridge_replay_reads_total", "History reads served.");
+    describe_counter!("warren_bridge_replay_messages_total", "Messages returned by history reads.");
+    describe_gauge!("warren_bridge_amqp_connected", "1 while the broker connection is up.");
+    describe_counter!("warren_bridge_amqp_reconnects_total", "Broker connections opened after the first.");
+}
+
+/// A gateway stream opened (`true`) or closed.
+pub fn gateway_stream(open: bool) {
+    gauge!("warren_bridge_gateway_streams_open").increment(if open { 1.0 } else { -1.0 });
+}
+
+/// A room subscription started (`true`) or ended.
+pub fn subscription(active: bool) {
+    gauge!("warren_bridge_subscriptions").increment(if active { 1.0 } else { -1.0 });
+}
+
+/// A publish was answered after `elapsed`: with an id, or an error code.
+pub fn published(elapsed: Duration, failure: Option<&'static str>) {
+    match failure {
+        None => {
+            counter!("warren_bridge_publishes_total").increment(1);
+            histogram!("warren_bridge_confirm_seconds").record(elapsed.as_secs_f64());
+        }
+        Some(reason) => counter!("warren_bridge_publish_failures_total", "reason" => reason).increment(1),
+    }
+}
+
+/// A message was forwarded `age` after its timestamp.
+pub fn forwarded(age: Duration) {
+    histogram!("warren_bridge_consumer_lag_seconds").record(age.as_secs_f64());
+}
+
+/// A history read returned `messages`.
+pub fn replayed(messages: usize) {
+    counter!("warren_bridge_replay_reads_total").increment(1);
+    counter!("warren_bridge_replay_messages_total").increment(u64::try_from(messages).unwrap_or(u64::MAX));
+}
+
+/// The broker connection came up (`reconnect`: not the first) or went down.
+pub fn amqp_connected(connected: bool, reconnect: bool) {
+    gauge!("warren_bridge_amqp_connected").set(if connected { 1.0 } else { 0.0 });
+    if connected && reconnect {
+        counter!("warren_bridge_amqp_reconnects_total").increment(1);
+    }
+}

@@ -1,0 +1,119 @@
+//! The gateway's metrics, named in one place. Every name starts with
+//! `warren_gateway_` and ends with its unit; labels hold only small fixed
+//! sets (reasons, frame types, operations), never user or room names.
+
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Describes every metric, so that `/metrics` carries help text and units.
+pub fn describe() {
+    describe_gauge!("warren_gateway_sockets_open", "WebSockets open now.");
+    describe_counter!("warren_gateway_sockets_accepted_total", "WebSockets accepted.");
+    describe_counter!("warren_gateway_sockets_closed_total", "WebSockets closed, by reason and close code.");
+    describe_counter!("warren_gateway_handshakes_refused_total", "WebSocket upgrades refused, by reason.");
+    describe_counter!("warren_gateway_frames_in_total", "Client frames received, by type.");
+    describe_counter!("warren_gateway_frames_out_total", "Frames queued to clients, by type.");
+    describe_counter!("warren_gateway_bytes_out_total", Unit::Bytes, "Payload bytes written to sockets.");
+    describe_counter!("warren_gateway_messages_delivered_total", "Chat messages queued to sockets.");
+    describe_histogram!("warren_gateway_send_ack_seconds", Unit::Seconds, "From a client's send to its ack.");
+    describe_histogram!(
+        "warren_gateway_delivery_latency_seconds",
+        Unit::Seconds,
+        "From a message's server timestamp to its fan-out on this gateway."
+    );
+    describe_counter!("warren_gateway_queue_overflows_total", "Sockets closed because their queue was full.");
+    describe_gauge!("warren_gateway_draining", "1 while the gateway drains.");
+    describe_counter!("warren_gateway_resumes_total", "Joins with `since` (resumes after a reconnect).");
+    describe_counter!("warren_gateway_messages_replayed_total", "Messages sent to fill a member's gap.");
+    describe_histogram!("warren_gateway_redis_seconds", Unit::Seconds, "Session store calls, by operation.");
+    describe_counter!("warren_gateway_redis_errors_total", "Session store calls that failed.");
+    describe_gauge!("warren_gateway_bridge_connected", "1 while a bridge stream is attached.");
+    describe_counter!("warren_gateway_bridge_reconnects_total", "Bridge streams opened after the first.");
+    describe_gauge!("warren_gateway_rooms", "Rooms with members on this gateway.");
+}
+
+/// A socket opened.
+pub fn socket_opened() {
+    counter!("warren_gateway_sockets_accepted_total").increment(1);
+    gauge!("warren_gateway_sockets_open").increment(1.0);
+}
+
+/// A socket closed, with the reason and the code its close frame carried.
+pub fn socket_closed(reason: &'static str, code: u16) {
+    gauge!("warren_gateway_sockets_open").decrement(1.0);
+    counter!("warren_gateway_sockets_closed_total", "reason" => reason, "code" => code.to_string()).increment(1);
+}
+
+/// An upgrade was refused.
+pub fn handshake_refused(reason: &'static str) {
+    counter!("warren_gateway_handshakes_refused_total", "reason" => reason).increment(1);
+}
+
+/// A client frame of this type arrived.
+pub fn frame_in(kind: &'static str) {
+    counter!("warren_gateway_frames_in_total", "type" => kind).increment(1);
+}
+
+/// A frame of this type was queued to a client.
+pub fn frame_out(kind: &'static str) {
+    counter!("warren_gateway_frames_out_total", "type" => kind).increment(1);
+}
+
+/// Bytes written to a socket.
+pub fn bytes_out(bytes: usize) {
+    counter!("warren_gateway_bytes_out_total").increment(u64::try_from(bytes).unwrap_or(u64::MAX));
+}
+
+/// One message fanned out to `sockets` sockets, `age` after its timestamp.
+pub fn delivered(sockets: usize, age: Duration) {
+    counter!("warren_gateway_messages_delivered_total").increment(u64::try_from(sockets).unwrap_or(u64::MAX));
+    counter!("warren_gateway_frames_out_total", "type" => "message").increment(u64::try_from(sockets).unwrap_or(0));
+    histogram!("warren_gateway_delivery_latency_seconds").record(age.as_secs_f64());
+}
+
+/// A send was answered (ack or error) after `elapsed`.
+pub fn send_answered(elapsed: Duration) {
+    histogram!("warren_gateway_send_ack_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A socket's queue overflowed.
+pub fn queue_overflow() {
+    counter!("warren_gateway_queue_overflows_total").increment(1);
+}
+
+/// The drain started (or, with false, never did).
+pub fn draining(on: bool) {
+    gauge!("warren_gateway_draining").set(if on { 1.0 } else { 0.0 });
+}
+
+/// A join with `since`.
+pub fn resumed() {
+    counter!("warren_gateway_resumes_total").increment(1);
+}
+
+/// Messages sent to fill a gap.
+pub fn replayed(count: usize) {
+    counter!("warren_gateway_messages_replayed_total").increment(u64::try_from(count).unwrap_or(u64::MAX));
+}
+
+/// A session store call of `operation` took `elapsed`; `ok` says whether it worked.
+pub fn redis_call(operation: &'static str, elapsed: Duration, ok: bool) {
+    histogram!("warren_gateway_redis_seconds", "op" => operation).record(elapsed.as_secs_f64());
+    if !ok {
+        counter!("warren_gateway_redis_errors_total", "op" => operation).increment(1);
+    }
+}
+
+/// The bridge stream came up (`reconnect`: not the first) or went down.
+pub fn bridge_attached(attached: bool, reconnect: bool) {
+    gauge!("warren_gateway_bridge_connected").set(if attached { 1.0 } else { 0.0 });
+    if attached && reconnect {
+        counter!("warren_gateway_bridge_reconnects_total").increment(1);
+    }
+}
+
+/// Rooms with members now.
+pub fn rooms(count: usize) {
+    gauge!("warren_gateway_rooms").set(count as f64);
+}
