@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::ledger::{Ledger, Received};
 use crate::socket::{Event, Refused, Socket};
 
-/// A socket that sent nothing for this long is taken for dead.
-const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// How often a user sends an application `ping` (answered by `pong`).
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A socket that sent nothing (not even a `pong`) for this long is dead.
+const DEAD_AFTER: Duration = Duration::from_secs(15);
 /// An unacked send is sent again (same cid) after this long.
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 /// How long to wait for `welcome` and `joined` on a new socket.
@@ -223,6 +225,7 @@ impl Agent {
     async fn converse(&mut self, mut socket: Socket) -> Ended {
         let mut next_send = Instant::now() + self.jittered_interval();
         let mut resend = tokio::time::interval(Duration::from_secs(1));
+        let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_frame = Instant::now();
         loop {
             let sending = !self.run.stop_sending.is_cancelled();
@@ -241,8 +244,11 @@ impl Agent {
                     self.send_new(&socket);
                     next_send = Instant::now() + self.jittered_interval();
                 }
+                _ = ping.tick() => {
+                    socket.send(&json!({ "type": "ping" }));
+                }
                 _ = resend.tick() => {
-                    if last_frame.elapsed() > DEAD_AFTER && sending {
+                    if last_frame.elapsed() > DEAD_AFTER {
                         socket.close();
                         return Ended::Lost;
                     }
