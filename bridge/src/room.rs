@@ -1,8 +1,8 @@
 //! A room on the broker: one RabbitMQ stream queue, named after the room.
 //!
 //! A stream keeps every message for the retention window and gives each one an
-//! offset. Offsets are dense and only grow, so a message's id is its offset
-//! plus one (id 0 then means "nothing yet", and `since: 0` replays everything).
+//! offset. Offsets only grow and are nearly dense (one is skipped at some
+//! segment boundaries), so a message's id is its offset plus one (id 0 then means "nothing yet", and `since: 0` replays everything).
 //! The message body is the text; who sent it and when travel in headers, so the
 //! stream stays readable in RabbitMQ's own tools.
 

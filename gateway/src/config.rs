@@ -54,6 +54,49 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
 
+    /// The largest client message, in bytes; a bigger one closes the socket
+    /// with 1009.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Rooms one socket may join at once.
+    #[arg(long, env = "GATEWAY_MAX_ROOMS_PER_SOCKET", default_value_t = 32)]
+    pub max_rooms_per_socket: usize,
+
+    /// Sockets this gateway holds at most; more are refused with 503.
+    #[arg(long, env = "GATEWAY_MAX_SOCKETS", default_value_t = 10_000)]
+    pub max_sockets: usize,
+
+    /// Sockets one user may hold on this gateway (tabs, devices); more are
+    /// refused with 503.
+    #[arg(long, env = "GATEWAY_MAX_SOCKETS_PER_USER", default_value_t = 8)]
+    pub max_sockets_per_user: u32,
+
+    /// Sends per second one socket may make (a token bucket; the burst is
+    /// twice this). Over it: an `error` with code `rate_limited`.
+    #[arg(long, env = "GATEWAY_SEND_RATE", default_value_t = 10)]
+    pub send_rate: u32,
+
+    /// Sends per second one user may make over all its sockets on this
+    /// gateway (burst: twice this).
+    #[arg(long, env = "GATEWAY_USER_SEND_RATE", default_value_t = 20)]
+    pub user_send_rate: u32,
+
+    /// WebSocket handshakes per second one source address may make (burst:
+    /// twice this). Over it: 429.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_RATE", default_value_t = 20)]
+    pub handshake_rate: u32,
+
+    /// Take the source address from the last `X-Forwarded-For` hop (set
+    /// behind a balancer that adds it, such as the bundled HAProxy).
+    #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+
+    /// Bytes queued for one socket before it counts as too slow and is
+    /// closed (1008 `slow`).
+    #[arg(long, env = "GATEWAY_MAX_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_queue_bytes: usize,
+
     /// Over how long a draining gateway spreads its sockets' reconnect
     /// notices (SIGTERM). Kubernetes' terminationGracePeriodSeconds must
     /// exceed preStop + this + the shutdown grace.
@@ -97,6 +140,13 @@ impl Config {
         }
         if self.session_max_age < Duration::from_secs(60) {
             return Err("--session-max-age: at least 1m".to_owned());
+        }
+        if self.max_message_bytes < 1024 {
+            return Err("--max-message-bytes: at least 1024".to_owned());
+        }
+        let rates = [self.send_rate, self.user_send_rate, self.handshake_rate, self.max_sockets_per_user];
+        if rates.contains(&0) || self.max_rooms_per_socket == 0 || self.max_sockets == 0 {
+            return Err("limits must be at least 1".to_owned());
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::mailbox::{CloseReason, Mailbox, Outbound, SocketId};
+use crate::mailbox::{CloseReason, Mailbox, SocketId};
 use crate::protocol::ServerFrame;
 
 /// The most batches a drain window is cut into (one every 100 ms for 10 s).
@@ -91,7 +91,7 @@ fn notify(mailbox: &Mailbox, jitter_cap: Duration) {
     let cap = u64::try_from(jitter_cap.as_millis()).unwrap_or(1000);
     let after_ms = rand::rng().random_range(0..=cap);
     let notice = ServerFrame::Reconnect { after_ms }.encode();
-    if mailbox.tx.try_send(Outbound::Text(notice)).is_err() {
+    if !mailbox.offer(notice) {
         mailbox.closer.close(CloseReason::RESTART);
         return;
     }
@@ -106,13 +106,14 @@ fn notify(mailbox: &Mailbox, jitter_cap: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::Closer;
+    use crate::mailbox::{Closer, Outbound};
     use tokio::sync::mpsc;
 
     fn socket(sockets: &Sockets, id: SocketId) -> (mpsc::Receiver<Outbound>, Closer) {
         let (tx, rx) = mpsc::channel(8);
-        let closer = Closer::default();
-        sockets.insert(id, Mailbox { tx, closer: closer.clone() });
+        let mailbox = Mailbox::new(tx, 1024);
+        let closer = mailbox.closer.clone();
+        sockets.insert(id, mailbox);
         (rx, closer)
     }
 

@@ -14,6 +14,9 @@ pub enum HttpError {
     /// The socket's `Origin` is not allowed.
     #[error("origin not allowed")]
     ForbiddenOrigin,
+    /// A form post from another site.
+    #[error("cross-site request refused")]
+    CrossSite,
     /// The request itself is malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -26,6 +29,12 @@ pub enum HttpError {
     /// A dependency (Redis) is down; try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// A limit on sockets is reached; try again later or elsewhere.
+    #[error("{0}")]
+    Overloaded(&'static str),
+    /// Too many requests from one source; retry after the duration.
+    #[error("too many handshakes from this address; retry later")]
+    TooManyRequests(std::time::Duration),
 }
 
 impl HttpError {
@@ -33,11 +42,12 @@ impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            Self::ForbiddenOrigin | Self::CrossSite => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

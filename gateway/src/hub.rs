@@ -2,11 +2,12 @@
 //! ordering, replay and de-duplication happen.
 //!
 //! The bridge streams each subscribed room once per gateway, in id order. Ids
-//! are dense (a room stream's offsets plus one), so every member of a room
-//! keeps a cursor, the last id it was sent, and any jump past `cursor + 1` is
-//! a gap: the member is put into *filling* (live messages wait in a buffer)
-//! while the missing range is read from the room's recent messages and the
-//! bridge's `History`. The same rule serves a join with `since`, a join
+//! are a room stream's offsets plus one: they only grow and are nearly dense
+//! (RabbitMQ skips an offset at some segment boundaries). Every member of a
+//! room keeps a cursor, the last id it was sent, and any jump past
+//! `cursor + 1` is a possible gap: the member is put into *filling* (live
+//! messages wait in a buffer) while the range is read from the room's recent
+//! messages and the bridge's `History`; ids with no message are skipped. The same rule serves a join with `since`, a join
 //! without it (the last [`JOIN_TAIL`]), and a room whose first message just
 //! arrived. Each message is encoded once per gateway and its bytes shared by
 //! every socket that gets it.
@@ -276,7 +277,10 @@ impl Hub {
             }
             metrics::replayed(replayed);
             if cursor < gap.up_to {
-                tracing::warn!(room = room_name, after = cursor, up_to = gap.up_to, "messages no longer retained");
+                // Stream offsets skip a number now and then (at a segment
+                // boundary), and retention drops old messages: either way
+                // there is nothing more to send for this range.
+                tracing::debug!(room = room_name, after = cursor, up_to = gap.up_to, "ids without messages");
             }
             member.cursor = Cursor::At(gap.up_to);
             for held in member.filling.take().unwrap_or_default() {

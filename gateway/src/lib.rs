@@ -10,10 +10,12 @@
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
 //! - [`ws`]: one socket's reader, writer and frame handling.
+//! - [`wire`]: a byte-level guard that refuses unmasked client frames.
 //! - [`mailbox`]: a socket's outbound queue and close request.
 //! - [`drain`]: the open sockets, and how they are let go on shutdown.
 //! - [`protocol`]: the client protocol's frames and rules, pure.
 //! - [`hub`]: rooms, members, replay and gap filling.
+//! - [`limits`]: sizes and rates, and the state that enforces them.
 //! - [`upstream`]: the gRPC link to the bridges.
 //! - [`error`]: HTTP errors and their statuses.
 //! - [`metrics`]: the Prometheus metrics, named in one place.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod mailbox;
 pub mod metrics;
 pub mod pages;
@@ -29,9 +32,11 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod upstream;
+pub mod wire;
 pub mod ws;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +46,7 @@ use crate::config::Config;
 use crate::drain::Sockets;
 use crate::error::RunError;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
 use crate::upstream::Upstream;
@@ -80,17 +86,35 @@ pub async fn run(
     let upstream_task = tokio::spawn(upstream.clone().run(Arc::downgrade(&hub), upstream_token.clone()));
 
     let instance: Arc<str> = config.instance_name().into();
+    let redis_up = Arc::new(AtomicBool::new(true));
+    tracker.spawn(watch_redis(sessions.clone(), redis_up.clone(), shutdown.clone()));
     let readiness = {
-        let (upstream, shutdown) = (upstream.clone(), shutdown.clone());
-        move || if shutdown.is_cancelled() { Err("draining".to_owned()) } else { upstream.readiness() }
+        let (upstream, shutdown, redis_up) = (upstream.clone(), shutdown.clone(), redis_up.clone());
+        move || {
+            if shutdown.is_cancelled() {
+                Err("draining".to_owned())
+            } else if !redis_up.load(Ordering::Relaxed) {
+                Err("session store (Redis) unavailable".to_owned())
+            } else {
+                upstream.readiness()
+            }
+        }
     };
     // The admin port outlives the drain: probes must see "not ready" then.
     let admin_token = CancellationToken::new();
     let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), exporter, admin_token.clone()));
 
     let sockets = Arc::new(Sockets::default());
-    let shared =
-        Shared { hub, upstream, instance: instance.clone(), sockets: sockets.clone(), tracker: tracker.clone() };
+    let limits = Arc::new(Limits::new(&config));
+    tracker.spawn(forget_idle_limits(limits.clone(), shutdown.clone()));
+    let shared = Shared {
+        hub,
+        upstream,
+        instance: instance.clone(),
+        sockets: sockets.clone(),
+        limits,
+        tracker: tracker.clone(),
+    };
     let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone() });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");
     let serving = tokio::spawn(server::serve(listener, app, shutdown.clone(), config.shutdown_grace));
@@ -106,4 +130,47 @@ pub async fn run(
     let _ = upstream_task.await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Drops rate-limiter state for keys not seen lately, once a minute.
+async fn forget_idle_limits(limits: Arc<Limits>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => limits.forget_idle(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Pings Redis every 2 s; two failures in a row mark it down (readiness
+/// says so, and logins and new sockets get 503 until it answers again).
+async fn watch_redis(sessions: SessionStore, up: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let ping = tokio::time::timeout(std::time::Duration::from_secs(1), sessions.ping()).await;
+        match ping {
+            Ok(Ok(())) => {
+                if !up.swap(true, Ordering::Relaxed) {
+                    tracing::info!("session store (Redis) is back");
+                }
+                failures = 0;
+            }
+            Ok(Err(error)) => failures = redis_failed(&up, failures, &error.to_string()),
+            Err(_) => failures = redis_failed(&up, failures, "no answer within 1 s"),
+        }
+    }
+}
+
+fn redis_failed(up: &AtomicBool, failures: u32, reason: &str) -> u32 {
+    let failures = failures + 1;
+    if failures >= 2 && up.swap(false, Ordering::Relaxed) {
+        tracing::warn!(%reason, "session store (Redis) unavailable: not ready");
+    }
+    failures
 }

@@ -1,6 +1,7 @@
 //! A socket's outbound side, as the rest of the gateway sees it: a bounded
 //! queue of frames and a way to ask the socket to close, saying why.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -14,6 +15,8 @@ pub type SocketId = u64;
 pub mod close {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// The peer broke the WebSocket protocol (bad framing, unmasked frames).
+    pub const PROTOCOL: u16 = 1002;
     /// Text that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A policy was broken (e.g. the socket fell too far behind).
@@ -40,6 +43,8 @@ impl CloseReason {
     pub const SLOW: Self = Self { code: close::POLICY, text: "slow: too far behind" };
     /// The peer stopped answering pings.
     pub const IDLE: Self = Self { code: close::POLICY, text: "timeout: no pong" };
+    /// The peer kept sending over its rate limit.
+    pub const ABUSE: Self = Self { code: close::POLICY, text: "rate limit: too many sends" };
 
     /// A short, fixed label for metrics.
     pub fn label(&self) -> &'static str {
@@ -47,6 +52,8 @@ impl CloseReason {
             Self::RESTART => "restart",
             Self::SLOW => "slow",
             Self::IDLE => "idle",
+            Self::ABUSE => "abuse",
+            Self { code: close::PROTOCOL, .. } => "protocol",
             Self { code: close::NORMAL, .. } => "normal",
             Self { code: close::TOO_BIG, .. } => "too_big",
             Self { code: close::INVALID_PAYLOAD, .. } => "invalid_utf8",
@@ -90,20 +97,33 @@ impl Closer {
     }
 }
 
-/// A socket as others reach it.
+/// A socket as others reach it. Its queue is bounded twice: in frames (the
+/// channel) and in bytes, so that neither many small frames nor a few large
+/// ones let a socket that does not read hold unbounded memory.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     /// The socket's outbound queue.
     pub tx: mpsc::Sender<Outbound>,
     /// Closes the socket.
     pub closer: Closer,
+    /// Text bytes queued and not yet written.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl Mailbox {
+    /// A mailbox over `tx` that holds at most `max_queued` bytes of text.
+    pub fn new(tx: mpsc::Sender<Outbound>, max_queued: usize) -> Self {
+        Self { tx, closer: Closer::default(), queued: Arc::new(AtomicUsize::new(0)), max_queued }
+    }
+
     /// Queues a frame without waiting; a full queue closes the socket (it is
     /// too slow to follow its rooms) rather than stall everyone else.
     pub fn offer(&self, frame: Bytes) -> bool {
-        if self.tx.try_send(Outbound::Text(frame)).is_ok() {
+        let len = frame.len();
+        let over_bytes = self.queued.load(Ordering::Relaxed) + len > self.max_queued;
+        if !over_bytes && self.tx.try_send(Outbound::Text(frame)).is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
             return true;
         }
         if !self.closer.token.is_cancelled() {
@@ -111,5 +131,19 @@ impl Mailbox {
         }
         self.closer.close(CloseReason::SLOW);
         false
+    }
+
+    /// Queues a reply, waiting for room in the channel: replies are few and
+    /// the client is waiting for them.
+    pub async fn send(&self, frame: Bytes) {
+        let len = frame.len();
+        if self.tx.send(Outbound::Text(frame)).await.is_ok() {
+            self.queued.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    /// The writer wrote `len` bytes of text.
+    pub fn written(&self, len: usize) {
+        self.queued.fetch_sub(len.min(self.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
     }
 }

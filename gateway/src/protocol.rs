@@ -46,15 +46,25 @@ pub struct FrameError {
     pub message: String,
     /// The send this answers, when the frame carried one.
     pub cid: Option<String>,
+    /// When a retry may succeed (rate limits).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl FrameError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), cid: None }
+    /// An error with this code and message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), cid: None, retry_after: None }
     }
 
-    fn with_cid(mut self, cid: Option<String>) -> Self {
+    /// The same error, answering the send with this cid.
+    pub fn with_cid(mut self, cid: Option<String>) -> Self {
         self.cid = cid;
+        self
+    }
+
+    /// The same error, saying when to retry.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
         self
     }
 }
@@ -169,6 +179,8 @@ pub enum ServerFrame<'a> {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         cid: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// Reconnect (elsewhere) after this delay.
     Reconnect { after_ms: u64 },
@@ -199,7 +211,9 @@ impl ServerFrame<'_> {
 impl FrameError {
     /// The `error` frame that answers this.
     pub fn encode(&self) -> Bytes {
-        ServerFrame::Error { code: self.code, message: &self.message, cid: self.cid.as_deref() }.encode()
+        let retry_after_ms = self.retry_after.map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        ServerFrame::Error { code: self.code, message: &self.message, cid: self.cid.as_deref(), retry_after_ms }
+            .encode()
     }
 }
 

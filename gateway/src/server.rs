@@ -10,6 +10,7 @@
 //! | `GET /assets/*` | the page's script and styles |
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::HttpError;
+use crate::limits::RetryAfter;
 use crate::metrics;
 use crate::pages;
 use crate::session::{Session, SessionError, SessionStore, UserName};
@@ -32,8 +34,10 @@ use crate::ws::{Handler, Shared};
 
 /// The largest form body `POST /login` reads.
 const MAX_FORM_BYTES: usize = 8 * 1024;
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request's head may take; more is answered with 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; \
                         img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
@@ -72,11 +76,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         let app = app.clone();
         let service = service_fn(move |request| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request).await) }
+            async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let shutdown = shutdown.clone();
@@ -100,14 +105,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
 }
 
 impl App {
-    async fn handle(&self, request: Request<Incoming>) -> Reply {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Reply {
         let route = (request.method().clone(), request.uri().path().to_owned());
         let result = match (&route.0, route.1.as_str()) {
             (&Method::GET, "/") => self.index(request.headers()).await,
+            (&Method::POST, "/login" | "/logout") if self.is_cross_site(request.headers()) => Err(HttpError::CrossSite),
             (&Method::POST, "/login") => self.login(request).await,
             (&Method::POST, "/logout") => self.logout(request.headers()).await,
             (&Method::GET, "/session") => self.session(request.headers()).await,
-            (&Method::GET, "/ws") => self.upgrade(request).await,
+            (&Method::GET, "/ws") => self.upgrade(request, peer).await,
             (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
             (_, "/" | "/login" | "/logout" | "/session" | "/ws") => Err(HttpError::MethodNotAllowed),
             _ => Err(HttpError::NotFound),
@@ -174,9 +180,14 @@ impl App {
         Ok(reply)
     }
 
-    async fn upgrade(&self, mut request: Request<Incoming>) -> Result<Reply, HttpError> {
+    async fn upgrade(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Result<Reply, HttpError> {
         if !fastwebsockets::upgrade::is_upgrade_request(&request) {
             return Err(HttpError::BadRequest("expected a WebSocket upgrade".to_owned()));
+        }
+        let limits = &self.shared.limits;
+        if let Err(RetryAfter(wait)) = limits.handshake(self.source_of(request.headers(), peer)) {
+            metrics::handshake_refused("rate_limited");
+            return Err(HttpError::TooManyRequests(wait));
         }
         if !self.origin_allowed(request.headers()) {
             metrics::handshake_refused("origin");
@@ -190,17 +201,49 @@ impl App {
                 SessionError::Store(_) => "store_unavailable",
             });
         })?;
+        if self.shared.sockets.len() >= limits.max_sockets {
+            metrics::handshake_refused("gateway_full");
+            return Err(HttpError::Overloaded("this gateway holds all the sockets it may; retry"));
+        }
         let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
             .map_err(|error| HttpError::BadRequest(format!("bad upgrade: {error}")))?;
+        if !limits.open_socket(session.user.as_str()) {
+            metrics::handshake_refused("user_sockets");
+            return Err(HttpError::Overloaded("too many sockets for this user"));
+        }
         let shared = self.shared.clone();
         self.shared.tracker.spawn(async move {
             match upgrade.await {
                 Ok(ws) => Handler::run(ws, session, shared).await,
-                Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+                Err(error) => {
+                    shared.limits.close_socket(session.user.as_str());
+                    tracing::debug!(%error, "upgrade did not complete");
+                }
             }
         });
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Full::default()))
+    }
+
+    /// The client's address: the peer, or the last `X-Forwarded-For` hop
+    /// when the balancer in front is trusted to set it.
+    fn source_of(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+        let forwarded = || {
+            let value = headers.get("x-forwarded-for")?.to_str().ok()?;
+            value.rsplit(',').next()?.trim().parse().ok()
+        };
+        if self.shared.limits.trust_forwarded_for { forwarded().unwrap_or(peer.ip()) } else { peer.ip() }
+    }
+
+    /// Whether a form post comes from another site (login CSRF, forced
+    /// logout): the browser says so in `Sec-Fetch-Site`, or its `Origin` is
+    /// not ours. Clients that send neither are not browsers.
+    fn is_cross_site(&self, headers: &HeaderMap) -> bool {
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if fetch_site.is_some_and(|site| site != "same-origin" && site != "none") {
+            return true;
+        }
+        !self.origin_allowed(headers)
     }
 
     /// Same-origin (the `Host` the request came to), an allowed origin, or no
@@ -273,7 +316,12 @@ fn append_cookie(reply: &mut Reply, cookie: &str) {
 fn error_reply(path: &str, error: &HttpError) -> Reply {
     let status = error.status();
     if path == "/session" || path == "/ws" {
-        return json(status, &serde_json::json!({ "error": error.to_string() }));
+        let mut reply = json(status, &serde_json::json!({ "error": error.to_string() }));
+        if let HttpError::TooManyRequests(wait) = error {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            reply.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        return reply;
     }
     let mut reply = Response::new(Full::new(Bytes::from(format!("{error}\n"))));
     *reply.status_mut() = status;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError};
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
+use governor::DefaultDirectRateLimiter;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{ReadHalf, WriteHalf};
@@ -19,15 +20,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::drain::Sockets;
 use crate::hub::Hub;
+use crate::limits::{self, ABUSE_STRIKES, Limits, RetryAfter};
 use crate::mailbox::{CloseReason, Closer, Mailbox, Outbound, SocketId, close};
 use crate::metrics;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::session::Session;
 use crate::upstream::Upstream;
+use crate::wire::{self, RequireMask};
 
-/// The largest client message, in bytes. Chat frames are small; anything
-/// bigger is refused with close code 1009.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Frames queued for one socket before it counts as too slow to keep.
 pub const QUEUE_FRAMES: usize = 4096;
 /// How often the gateway pings a socket.
@@ -35,7 +35,7 @@ pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket that sent nothing (not even a pong) for this long is dead.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(50);
 
-type Stream = TokioIo<Upgraded>;
+type Stream = RequireMask<TokioIo<Upgraded>>;
 
 static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
 
@@ -50,6 +50,8 @@ pub struct Shared {
     pub instance: Arc<str>,
     /// Every open socket, for the drain.
     pub sockets: Arc<Sockets>,
+    /// Sizes and rates.
+    pub limits: Arc<Limits>,
     /// Tracks every socket task, so shutdown can wait for them.
     pub tracker: TaskTracker,
 }
@@ -62,19 +64,26 @@ pub struct Handler {
     shared: Shared,
     mailbox: Mailbox,
     rooms: HashSet<String>,
+    sends: DefaultDirectRateLimiter,
+    /// Consecutive sends refused for their rate.
+    strikes: u32,
 }
 
 impl Handler {
-    /// Runs a socket to its end: welcome, then frames until either side closes.
-    pub async fn run(mut ws: WebSocket<Stream>, session: Session, shared: Shared) {
-        ws.set_max_message_size(MAX_MESSAGE_BYTES);
+    /// Runs a socket to its end: welcome, then frames until either side
+    /// closes. The user's socket count was taken at the handshake and is
+    /// given back here.
+    pub async fn run(ws: WebSocket<TokioIo<Upgraded>>, session: Session, shared: Shared) {
+        let mut ws = WebSocket::after_handshake(RequireMask::new(ws.into_inner()), Role::Server);
+        ws.set_max_message_size(shared.limits.max_message_bytes);
         ws.set_auto_pong(true);
         ws.set_auto_close(true);
+        ws.set_auto_apply_mask(true);
         let (read, write) = ws.split(tokio::io::split);
         let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-        let mailbox = Mailbox { tx, closer: Closer::default() };
+        let mailbox = Mailbox::new(tx, shared.limits.max_queue_bytes);
         let closer = mailbox.closer.clone();
-        let writer = shared.tracker.spawn(write_loop(write, rx));
+        let writer = shared.tracker.spawn(write_loop(write, rx, mailbox.clone()));
         let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         shared.sockets.insert(id, mailbox.clone());
         metrics::socket_opened();
@@ -82,7 +91,8 @@ impl Handler {
         let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();
         let alive = Arc::new(Liveness::default());
         let keepalive = shared.tracker.spawn(keep_alive(mailbox.clone(), alive.clone()));
-        let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new() };
+        let sends = shared.limits.socket_sends();
+        let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new(), sends, strikes: 0 };
         handler.queue("welcome", welcome).await;
         let reason = handler.read_loop(FragmentCollectorRead::new(read), &closer, &alive).await;
         keepalive.abort();
@@ -90,7 +100,10 @@ impl Handler {
             handler.shared.hub.leave(&room, handler.id);
         }
         handler.shared.sockets.remove(id);
-        let _ = handler.mailbox.tx.send(Outbound::Close(reason)).await;
+        handler.shared.limits.close_socket(handler.session.user.as_str());
+        // The writer sends the close frame (the first reason given wins) and
+        // stops, even in the middle of a write to a peer that does not read.
+        handler.mailbox.closer.close(reason);
         drop(handler.mailbox);
         let _ = writer.await;
         metrics::socket_closed(reason.label(), reason.code);
@@ -126,16 +139,16 @@ impl Handler {
             alive.touch();
             match frame.opcode {
                 OpCode::Text => match std::str::from_utf8(&frame.payload) {
-                    Ok(text) => self.on_text(text).await,
+                    Ok(text) => {
+                        if let Some(reason) = self.on_text(text).await {
+                            return reason;
+                        }
+                    }
                     Err(_) => return CloseReason { code: close::INVALID_PAYLOAD, text: "text is not UTF-8" },
                 },
                 OpCode::Binary => {
                     metrics::frame_in("binary");
-                    let error = FrameError {
-                        code: "binary_unsupported",
-                        message: "send JSON text frames".to_owned(),
-                        cid: None,
-                    };
+                    let error = FrameError::new("binary_unsupported", "send JSON text frames");
                     self.queue("error", error.encode()).await;
                 }
                 OpCode::Close => return CloseReason { code: close::NORMAL, text: "" },
@@ -144,16 +157,25 @@ impl Handler {
         }
     }
 
-    async fn on_text(&mut self, text: &str) {
+    /// Acts on one text frame; `Some` when the socket must close.
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
         let frame = match protocol::decode(text) {
             Ok(frame) => frame,
             Err(error) => {
                 metrics::frame_in("invalid");
-                return self.queue("error", error.encode()).await;
+                self.queue("error", error.encode()).await;
+                return None;
             }
         };
         metrics::frame_in(frame.kind());
         match frame {
+            ClientFrame::Join { room, .. }
+                if !self.rooms.contains(&room) && self.rooms.len() >= self.shared.limits.max_rooms_per_socket =>
+            {
+                let limit = self.shared.limits.max_rooms_per_socket;
+                let error = FrameError::new("too_many_rooms", format!("a socket may join at most {limit} rooms"));
+                self.queue("error", error.encode()).await;
+            }
             ClientFrame::Join { room, since } => {
                 if since.is_some() {
                     metrics::resumed();
@@ -171,35 +193,56 @@ impl Handler {
             ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()).await,
             ClientFrame::Send { room, text, cid } => {
                 if !self.rooms.contains(&room) {
-                    let error = FrameError {
-                        code: "not_joined",
-                        message: format!("join {room:?} before sending to it"),
-                        cid: Some(cid),
-                    };
-                    return self.queue("error", error.encode()).await;
+                    let error = FrameError::new("not_joined", format!("join {room:?} before sending to it"));
+                    self.queue("error", error.with_cid(Some(cid)).encode()).await;
+                    return None;
                 }
+                if let Err(RetryAfter(wait)) = self.take_send_token() {
+                    self.strikes += 1;
+                    if self.strikes >= ABUSE_STRIKES {
+                        return Some(CloseReason::ABUSE);
+                    }
+                    let error = FrameError::new("rate_limited", "too many sends; retry later")
+                        .with_cid(Some(cid))
+                        .with_retry_after(wait);
+                    self.queue("error", error.encode()).await;
+                    return None;
+                }
+                self.strikes = 0;
                 self.spawn_send(room, text, cid);
             }
         }
+        None
+    }
+
+    /// One send from the socket's bucket and the user's.
+    fn take_send_token(&self) -> Result<(), RetryAfter> {
+        limits::socket_send(&self.sends)?;
+        self.shared.limits.user_send(self.session.user.as_str())
     }
 
     /// Publishes in the background so that the socket keeps reading; the ack
     /// (or error) is queued when the bridge answers.
     fn spawn_send(&self, room: String, text: String, cid: String) {
-        let (upstream, tx) = (self.shared.upstream.clone(), self.mailbox.tx.clone());
+        let (upstream, mailbox) = (self.shared.upstream.clone(), self.mailbox.clone());
         let user = self.session.user.as_str().to_owned();
         self.shared.tracker.spawn(async move {
             let started = std::time::Instant::now();
             let (kind, reply) = match upstream.publish(&room, &user, &text, &cid).await {
                 Ok(id) => ("ack", ServerFrame::Ack { cid: &cid, id }.encode()),
-                Err(failure) => (
-                    "error",
-                    ServerFrame::Error { code: &failure.code, message: &failure.message, cid: Some(&cid) }.encode(),
-                ),
+                Err(failure) => {
+                    let error = ServerFrame::Error {
+                        code: &failure.code,
+                        message: &failure.message,
+                        cid: Some(&cid),
+                        retry_after_ms: None,
+                    };
+                    ("error", error.encode())
+                }
             };
             metrics::send_answered(started.elapsed());
             metrics::frame_out(kind);
-            let _ = tx.send(Outbound::Text(reply)).await;
+            mailbox.send(reply).await;
         });
     }
 
@@ -207,7 +250,7 @@ impl Handler {
     /// few and the client is waiting for them.
     async fn queue(&self, kind: &'static str, frame: bytes::Bytes) {
         metrics::frame_out(kind);
-        let _ = self.mailbox.tx.send(Outbound::Text(frame)).await;
+        self.mailbox.send(frame).await;
     }
 }
 
@@ -257,10 +300,13 @@ fn close_reason(error: &WebSocketError) -> CloseReason {
     let (code, text) = match error {
         WebSocketError::FrameTooLarge => (close::TOO_BIG, "message too big"),
         WebSocketError::InvalidUTF8 => (close::INVALID_PAYLOAD, "text is not UTF-8"),
+        WebSocketError::IoError(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            (close::PROTOCOL, wire::UNMASKED)
+        }
         WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
             (close::NORMAL, "")
         }
-        _ => (close::POLICY, "protocol error"),
+        _ => (close::PROTOCOL, "protocol error"),
     };
     CloseReason { code, text }
 }
@@ -273,23 +319,59 @@ fn close_code(payload: &[u8]) -> u16 {
     }
 }
 
-async fn write_loop(mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>, mut rx: mpsc::Receiver<Outbound>) {
-    while let Some(outbound) = rx.recv().await {
-        let result = match &outbound {
-            Outbound::Text(bytes) if bytes.is_empty() => continue,
-            Outbound::Text(bytes) => {
-                metrics::bytes_out(bytes.len());
-                write.write_frame(Frame::text(Payload::Borrowed(bytes))).await
+/// How long the close frame may take to go out; a peer that does not read
+/// gets its connection dropped instead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Drains the socket's queue into the socket until the queue ends, a write
+/// fails, or the socket is asked to close.
+async fn write_loop(
+    mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mailbox: Mailbox,
+) {
+    let closer = mailbox.closer.clone();
+    loop {
+        let outbound = tokio::select! {
+            biased;
+            reason = closer.requested() => {
+                let close = write.write_frame(Frame::close(reason.code, reason.text.as_bytes()));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+                return;
             }
-            Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
-            Outbound::Ping => write.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
-            Outbound::Close(reason) => {
-                let _ = write.write_frame(Frame::close(reason.code, reason.text.as_bytes())).await;
-                break;
-            }
+            outbound = rx.recv() => match outbound {
+                Some(outbound) => outbound,
+                None => return,
+            },
         };
-        if result.is_err() {
-            break;
+        let written = tokio::select! {
+            biased;
+            // A write blocked on a peer that stopped reading is abandoned
+            // (the frame is cut short, so no close frame can follow).
+            _ = closer.requested() => return,
+            written = write_one(&mut write, &outbound) => written,
+        };
+        if let Outbound::Text(bytes) = &outbound {
+            mailbox.written(bytes.len());
         }
+        if written.is_err() || matches!(outbound, Outbound::Close(_)) {
+            return;
+        }
+    }
+}
+
+async fn write_one(
+    write: &mut fastwebsockets::WebSocketWrite<WriteHalf<Stream>>,
+    outbound: &Outbound,
+) -> Result<(), WebSocketError> {
+    match outbound {
+        Outbound::Text(bytes) if bytes.is_empty() => Ok(()),
+        Outbound::Text(bytes) => {
+            metrics::bytes_out(bytes.len());
+            write.write_frame(Frame::text(Payload::Borrowed(bytes))).await
+        }
+        Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
+        Outbound::Ping => write.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
+        Outbound::Close(reason) => write.write_frame(Frame::close(reason.code, reason.text.as_bytes())).await,
     }
 }

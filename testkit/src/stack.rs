@@ -27,13 +27,19 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Where the Warren binaries are: `WARREN_BIN_DIR`, else the `target/<profile>`
-/// directory this test binary was built into.
+/// Where the Warren binaries are: `WARREN_BIN_DIR`, else next to this
+/// executable (a binary such as `warren-load` in `target/<profile>`), else
+/// the `target/<profile>` directory this test binary was built into.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WARREN_BIN_DIR") {
         return dir.into();
     }
     let exe = std::env::current_exe().unwrap_or_default();
+    if let Some(dir) = exe.parent()
+        && dir.join("warren-gateway").exists()
+    {
+        return dir.to_path_buf();
+    }
     // target/debug/deps/<test> -> target/debug
     exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
 }
@@ -139,6 +145,8 @@ pub struct Extras {
     pub spare_gateways: usize,
     /// The gateways' drain window (default 2 s, to keep tests short).
     pub drain_window: Option<Duration>,
+    /// More environment for every gateway (limits, say).
+    pub gateway_env: Vec<(String, String)>,
 }
 
 /// A running stack.
@@ -155,6 +163,7 @@ pub struct Stack {
     redis: String,
     amqp: String,
     drain_window: Duration,
+    gateway_env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -188,6 +197,7 @@ impl Stack {
             redis,
             amqp,
             drain_window,
+            gateway_env: extras.gateway_env,
             _dir: dir,
         };
         for index in 0..shape.gateways {
@@ -216,8 +226,30 @@ impl Stack {
     async fn spawn_gateway(&self, index: usize, addr: SocketAddr, admin: SocketAddr) -> anyhow::Result<Gateway> {
         let instance = format!("gw-{}", index + 1);
         let urls = self.bridge_urls_for(index);
-        let spec = GatewaySpec { instance: &instance, addr, admin, bridge_urls: &urls, redis: &self.redis };
+        let spec = GatewaySpec {
+            instance: &instance,
+            addr,
+            admin,
+            bridge_urls: &urls,
+            redis: &self.redis,
+            env: &self.gateway_env,
+        };
         spawn_gateway(&spec, self.drain_window).await
+    }
+
+    /// Starts gateway `index` again on its ports, under its name (after it
+    /// exited or was killed), and waits until it is ready.
+    ///
+    /// # Errors
+    /// When there is no such gateway or it does not become ready.
+    pub async fn restart_gateway(&mut self, index: usize) -> anyhow::Result<()> {
+        let (addr, admin) = {
+            let gateway = self.gateways.get(index).context("no such gateway")?;
+            (gateway.addr, gateway.admin)
+        };
+        let gateway = self.spawn_gateway(index, addr, admin).await?;
+        self.gateways[index] = gateway;
+        Ok(())
     }
 
     /// Starts spare gateway `spare` (0-based) on its reserved ports, named
@@ -286,10 +318,11 @@ struct GatewaySpec<'a> {
     admin: SocketAddr,
     bridge_urls: &'a [String],
     redis: &'a str,
+    env: &'a [(String, String)],
 }
 
 async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration) -> anyhow::Result<Gateway> {
-    let GatewaySpec { instance, addr, admin, bridge_urls, redis } = *spec;
+    let GatewaySpec { instance, addr, admin, bridge_urls, redis, env } = *spec;
     let mut command = Command::new(bin_dir().join("warren-gateway"));
     command
         .env("GATEWAY_LISTEN", addr.to_string())
@@ -299,7 +332,8 @@ async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration) -> anyhow
         .env("GATEWAY_BRIDGE_URLS", bridge_urls.join(","))
         .env("GATEWAY_SESSION_SECRET", TEST_SECRET)
         .env("GATEWAY_DRAIN_WINDOW", format!("{}ms", drain_window.as_millis()))
-        .env("GATEWAY_SHUTDOWN_GRACE", "3s");
+        .env("GATEWAY_SHUTDOWN_GRACE", "3s")
+        .envs(env.iter().map(|(key, value)| (key, value)));
     let process = Process::spawn(instance, command)?;
     wait_ready(admin).await.with_context(|| format!("{instance} never became ready"))?;
     Ok(Gateway { process, addr, admin, instance: instance.to_owned() })

@@ -162,6 +162,11 @@ impl Socket {
         self.next_matching(|frame| frame["type"] == kind).await
     }
 
+    /// Forgets the frames kept so far.
+    pub fn discard_kept(&mut self) {
+        self.kept.clear();
+    }
+
     /// The first frame (kept or new) that `wanted` accepts; others are kept.
     ///
     /// # Errors

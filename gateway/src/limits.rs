@@ -1,0 +1,174 @@
+//! The gateway's limits, in one place: how many sockets, how fast, how big.
+//! A limit that is hit gets a clear answer (a status with a reason at the
+//! handshake, an `error` frame or a close code on a socket), never silence.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::Config;
+
+/// Consecutive rate-limited sends after which a socket is closed (1008).
+pub const ABUSE_STRIKES: u32 = 50;
+
+/// Limits and the state that enforces them across sockets.
+#[derive(Debug)]
+pub struct Limits {
+    /// Largest client message, in bytes.
+    pub max_message_bytes: usize,
+    /// Rooms per socket.
+    pub max_rooms_per_socket: usize,
+    /// Sockets on this gateway.
+    pub max_sockets: usize,
+    /// Bytes queued per socket.
+    pub max_queue_bytes: usize,
+    /// Whether to trust `X-Forwarded-For` for the source address.
+    pub trust_forwarded_for: bool,
+    max_sockets_per_user: u32,
+    send_quota: Quota,
+    user_sends: DefaultKeyedRateLimiter<String>,
+    handshakes: DefaultKeyedRateLimiter<IpAddr>,
+    sockets_per_user: Mutex<HashMap<String, u32>>,
+}
+
+/// Why a send or a handshake has to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+fn per_second(rate: u32) -> Quota {
+    let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+fn retry_after<T: governor::clock::Reference>(not_until: &governor::NotUntil<T>) -> RetryAfter
+where
+    DefaultClock: Clock<Instant = T>,
+{
+    RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
+}
+
+impl Limits {
+    /// Limits from the command line.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            max_message_bytes: config.max_message_bytes,
+            max_rooms_per_socket: config.max_rooms_per_socket,
+            max_sockets: config.max_sockets,
+            max_queue_bytes: config.max_queue_bytes,
+            trust_forwarded_for: config.trust_forwarded_for,
+            max_sockets_per_user: config.max_sockets_per_user,
+            send_quota: per_second(config.send_rate),
+            user_sends: RateLimiter::keyed(per_second(config.user_send_rate)),
+            handshakes: RateLimiter::keyed(per_second(config.handshake_rate)),
+            sockets_per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh per-socket send limiter.
+    pub fn socket_sends(&self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(self.send_quota)
+    }
+
+    /// Takes one send from the user's bucket.
+    ///
+    /// # Errors
+    /// How long to wait when the user is over its rate.
+    pub fn user_send(&self, user: &str) -> Result<(), RetryAfter> {
+        self.user_sends.check_key(&user.to_owned()).map_err(|n| retry_after(&n))
+    }
+
+    /// Takes one handshake from the source address's bucket.
+    ///
+    /// # Errors
+    /// How long to wait when the address is over its rate.
+    pub fn handshake(&self, source: IpAddr) -> Result<(), RetryAfter> {
+        self.handshakes.check_key(&source).map_err(|n| retry_after(&n))
+    }
+
+    /// Counts a socket of `user`; `false` (and nothing counted) when the user
+    /// already holds the most it may.
+    pub fn open_socket(&self, user: &str) -> bool {
+        let mut counts = self.sockets_per_user.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(user.to_owned()).or_default();
+        if *count >= self.max_sockets_per_user {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    /// Forgets a socket of `user`.
+    pub fn close_socket(&self, user: &str) {
+        let mut counts = self.sockets_per_user.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(user);
+            }
+        }
+    }
+
+    /// Drops rate-limiter state of keys not seen lately, so that memory
+    /// stays bounded by recent users and addresses.
+    pub fn forget_idle(&self) {
+        self.user_sends.retain_recent();
+        self.user_sends.shrink_to_fit();
+        self.handshakes.retain_recent();
+        self.handshakes.shrink_to_fit();
+    }
+}
+
+/// Applies a per-socket limiter: `Err` with the wait when over the rate.
+///
+/// # Errors
+/// How long to wait.
+pub fn socket_send(limiter: &DefaultDirectRateLimiter) -> Result<(), RetryAfter> {
+    limiter.check().map_err(|n| retry_after(&n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn limits(args: &[&str]) -> Limits {
+        let mut all = vec!["warren-gateway"];
+        all.extend_from_slice(args);
+        Limits::new(&Config::try_parse_from(all).expect("valid flags"))
+    }
+
+    #[test]
+    fn sends_get_a_burst_of_twice_the_rate_then_a_wait() {
+        let limits = limits(&["--send-rate", "5"]);
+        let socket = limits.socket_sends();
+        for _ in 0..10 {
+            assert!(socket_send(&socket).is_ok());
+        }
+        let RetryAfter(wait) = socket_send(&socket).expect_err("over the burst");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200), "{wait:?}");
+    }
+
+    #[test]
+    fn users_are_limited_across_sockets_and_apart_from_each_other() {
+        let limits = limits(&["--user-send-rate", "1"]);
+        assert!(limits.user_send("a").is_ok() && limits.user_send("a").is_ok());
+        assert!(limits.user_send("a").is_err());
+        assert!(limits.user_send("b").is_ok());
+    }
+
+    #[test]
+    fn sockets_per_user_are_counted() {
+        let limits = limits(&["--max-sockets-per-user", "2"]);
+        assert!(limits.open_socket("a") && limits.open_socket("a"));
+        assert!(!limits.open_socket("a"));
+        limits.close_socket("a");
+        assert!(limits.open_socket("a"));
+        assert!(limits.open_socket("b"));
+    }
+}

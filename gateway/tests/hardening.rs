@@ -1,0 +1,287 @@
+//! Hostile and broken clients get clear answers, and everyone else keeps
+//! chatting: limits, bad frames, cross-site posts, slow readers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::Full;
+use serde_json::json;
+use testkit::http::Client;
+use testkit::stack::{Extras, Shape, Stack};
+use testkit::ws::{self, Event, Refused, Socket};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn one_gateway(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
+    let gateway_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, Extras { gateway_env, ..Extras::default() })
+        .await
+}
+
+async fn open(addr: SocketAddr, cookie: &str) -> anyhow::Result<Socket> {
+    let mut socket = ws::connect(addr, Some(cookie), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert_eq!(socket.next_json().await?["type"], "welcome");
+    Ok(socket)
+}
+
+async fn close_of(socket: &mut Socket) -> anyhow::Result<(u16, String)> {
+    loop {
+        if let Event::Close(code, reason) = socket.next_event().await? {
+            return Ok((code, reason));
+        }
+    }
+}
+
+#[tokio::test]
+async fn limits_answer_with_errors_and_statuses() -> anyhow::Result<()> {
+    let stack = one_gateway(&[
+        ("GATEWAY_SEND_RATE", "2"),
+        ("GATEWAY_MAX_ROOMS_PER_SOCKET", "2"),
+        ("GATEWAY_MAX_SOCKETS_PER_USER", "2"),
+        ("GATEWAY_MAX_MESSAGE_BYTES", "2048"),
+    ])
+    .await?;
+    let addr = stack.gateways[0].addr;
+    let mut client = Client::new(addr);
+    client.login("limited").await?;
+    let cookie = client.cookie.clone().context("cookie")?;
+    let mut socket = open(addr, &cookie).await?;
+
+    let (a, b) = (testkit::unique("a"), testkit::unique("b"));
+    socket.join(&a, None).await?;
+    socket.join(&b, None).await?;
+    socket.send(&json!({"type":"join","room":"third"})).await?;
+    assert_eq!(socket.next_of_type("error").await?["code"], "too_many_rooms");
+
+    // The burst is twice the rate (4); the 5th send in a row waits.
+    for n in 0..6 {
+        socket.send(&json!({"type":"send","room":a,"text":"fast","cid":format!("f{n}")})).await?;
+    }
+    let limited = socket.next_matching(|f| f["code"] == "rate_limited").await?;
+    assert!(limited["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{limited}");
+    assert!(limited["cid"].as_str().is_some_and(|cid| cid.starts_with('f')));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    socket.send_message(&a, "after waiting", "late").await?;
+
+    // Two sockets per user; the third is refused at the handshake.
+    let _second = open(addr, &cookie).await?;
+    match ws::connect(addr, Some(&cookie), None).await {
+        Err(Refused::Status(503)) => {}
+        other => anyhow::bail!("expected 503, got {other:?}"),
+    }
+
+    // A message over the size limit closes with 1009.
+    socket.send_text(&format!(r#"{{"type":"send","room":"{a}","text":"{}","cid":"big"}}"#, "x".repeat(3000))).await?;
+    assert_eq!(close_of(&mut socket).await?.0, 1009);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sender_that_ignores_its_limit_is_closed_with_1008() -> anyhow::Result<()> {
+    let stack = one_gateway(&[("GATEWAY_SEND_RATE", "1")]).await?;
+    let addr = stack.gateways[0].addr;
+    let mut client = Client::new(addr);
+    client.login("flooder").await?;
+    let mut socket = open(addr, client.cookie.as_deref().context("cookie")?).await?;
+    let room = testkit::unique("flood");
+    socket.join(&room, None).await?;
+    for n in 0..80 {
+        if socket.send(&json!({"type":"send","room":room,"text":"x","cid":format!("c{n}")})).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason) = close_of(&mut socket).await?;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("rate limit"), "{reason}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn handshakes_per_address_are_limited() -> anyhow::Result<()> {
+    let stack = one_gateway(&[("GATEWAY_HANDSHAKE_RATE", "1")]).await?;
+    let addr = stack.gateways[0].addr;
+    let mut client = Client::new(addr);
+    client.login("eager").await?;
+    let cookie = client.cookie.clone().context("cookie")?;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(match ws::connect(addr, Some(&cookie), None).await {
+            Ok(_) => 101,
+            Err(Refused::Status(status)) => status,
+            Err(Refused::Other(error)) => return Err(error),
+        });
+    }
+    assert_eq!(&statuses[..2], &[101, 101], "a burst of two");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cross_site_form_posts_are_refused() -> anyhow::Result<()> {
+    let stack = one_gateway(&[]).await?;
+    let addr = stack.gateways[0].addr;
+    let post = |origin: Option<&'static str>, fetch_site: Option<&'static str>| {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/login")
+            .header(header::HOST, addr.to_string())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        if let Some(site) = fetch_site {
+            request = request.header("sec-fetch-site", site);
+        }
+        request.body(Full::new(bytes::Bytes::from_static(b"user=victim")))
+    };
+    let evil = testkit::http::send(addr, post(Some("http://evil.example"), None)?).await?;
+    assert_eq!(evil.status, StatusCode::FORBIDDEN);
+    let cross = testkit::http::send(addr, post(None, Some("cross-site"))?).await?;
+    assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    let own = Box::leak(format!("http://{addr}").into_boxed_str());
+    let same = testkit::http::send(addr, post(Some(own), Some("same-origin"))?).await?;
+    assert_eq!(same.status, StatusCode::SEE_OTHER);
+    Ok(())
+}
+
+/// Opens a socket by hand, so that raw (even invalid) frames can be written.
+async fn raw_socket(addr: SocketAddr, cookie: &str) -> anyhow::Result<TcpStream> {
+    // A small receive buffer, so that a socket that stops reading fills up
+    // soon instead of parking megabytes in the kernel.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(addr).await?;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: jsessionid={cookie}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+    }
+    anyhow::ensure!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    Ok(stream)
+}
+
+/// Reads server frames until a close frame; returns its code.
+async fn raw_close_code(stream: &mut TcpStream) -> anyhow::Result<u16> {
+    let read = async {
+        loop {
+            let opcode = stream.read_u8().await? & 0x0f;
+            let len = match stream.read_u8().await? & 0x7f {
+                126 => usize::from(stream.read_u16().await?),
+                127 => usize::try_from(stream.read_u64().await?)?,
+                n => usize::from(n),
+            };
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await?;
+            if opcode == 0x8 {
+                return Ok::<_, anyhow::Error>(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.context("no close frame")?
+}
+
+/// A masked client frame.
+fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![(u8::from(fin) << 7) | opcode, 0x80 | u8::try_from(payload.len()).unwrap_or(125)];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn broken_frames_get_their_close_codes_and_others_carry_on() -> anyhow::Result<()> {
+    let stack = one_gateway(&[]).await?;
+    let addr = stack.gateways[0].addr;
+    let mut client = Client::new(addr);
+    client.login("breaker").await?;
+    let cookie = client.cookie.clone().context("cookie")?;
+
+    let mut bystander = open(addr, &cookie).await?;
+    let room = testkit::unique("bystander");
+    bystander.join(&room, None).await?;
+
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("invalid UTF-8", masked(true, 0x1, &[0xff, 0xfe, 0xfd]), 1007),
+        ("fragmented ping", masked(false, 0x9, b"hi"), 1002),
+        ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+    ];
+    for (what, frame, code) in cases {
+        let mut stream = raw_socket(addr, &cookie).await?;
+        stream.write_all(&frame).await?;
+        assert_eq!(raw_close_code(&mut stream).await.context(what)?, code, "{what}");
+    }
+    // The gateway and the other socket are unaffected.
+    let id = bystander.send_message(&room, "still fine", "ok").await?;
+    bystander.messages_until(&room, id).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_socket_that_stops_reading_is_closed_and_others_get_everything() -> anyhow::Result<()> {
+    let stack = one_gateway(&[
+        ("GATEWAY_MAX_QUEUE_BYTES", "2097152"),
+        ("GATEWAY_SEND_RATE", "10000"),
+        ("GATEWAY_USER_SEND_RATE", "10000"),
+    ])
+    .await?;
+    let addr = stack.gateways[0].addr;
+    let room = testkit::unique("slow");
+    let mut client = Client::new(addr);
+    client.login("reader").await?;
+    let cookie = client.cookie.clone().context("cookie")?;
+
+    // The slow socket joins, then never reads again.
+    let mut slow = raw_socket(addr, &cookie).await.context("slow socket")?;
+    slow.write_all(&masked(true, 0x1, format!(r#"{{"type":"join","room":"{room}"}}"#).as_bytes()))
+        .await
+        .context("slow join")?;
+    let count = 2500;
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut reader = open(addr, &cookie).await.context("reader open")?;
+        reader.join(&room, None).await.context("reader join")?;
+        let room = room.clone();
+        // Readers that read: each on its own task, as fast as it can.
+        readers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < count {
+                let message = reader
+                    .next_matching(|f| f["type"] == "message" && f["room"] == room)
+                    .await
+                    .with_context(|| format!("reader, after {} messages", ids.len()))?;
+                ids.push(message["id"].as_u64().context("id")?);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut sender = open(addr, &cookie).await.context("sender open")?;
+    sender.join(&room, None).await.context("sender join")?;
+    let text = "y".repeat(4000);
+    // The sender reads too (between batches): it is a member of the room,
+    // and a member that does not read is exactly what this test closes.
+    for batch in 0..count / 100 {
+        for n in batch * 100..(batch + 1) * 100 {
+            let send = json!({"type":"send","room":room,"text":text,"cid":format!("s{n}")});
+            sender.send(&send).await.context("send")?;
+        }
+        for n in 0..100 {
+            sender.next_of_type("ack").await.with_context(|| format!("sender, ack {n} of batch {batch}"))?;
+        }
+        sender.discard_kept();
+    }
+    for reader in readers {
+        let ids = reader.await??;
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert_eq!(ids.len(), count, "every message reached the readers that read");
+    }
+    let metrics = Client::new(stack.gateways[0].admin).get("/metrics").await.context("metrics")?.text();
+    assert!(metrics.contains(r#"warren_gateway_sockets_closed_total{reason="slow",code="1008"} 1"#), "{metrics}");
+    Ok(())
+}
