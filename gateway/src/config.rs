@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SESSION_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub session_max_age: Duration,
 
+    /// How often the gateway checks that the logins of its sockets still
+    /// exist; an expired one's sockets are closed (a logout closes them at
+    /// once, on every gateway).
+    #[arg(long, env = "GATEWAY_SESSION_CHECK_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_check_interval: Duration,
+
     /// Extra origins allowed to open sockets, comma-separated
     /// (e.g. `https://chat.example.com`). The page's own origin is always allowed.
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]

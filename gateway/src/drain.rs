@@ -9,7 +9,7 @@
 //! not left by itself shortly after. Whatever is still open at the end of
 //! the window is closed too. See `docs/drain.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::mailbox::{CloseReason, Mailbox, SocketId};
 use crate::protocol::ServerFrame;
+use crate::session::LoginId;
 
 /// The most batches a drain window is cut into (one every 100 ms for 10 s).
 const MAX_BATCHES: u32 = 100;
@@ -26,20 +27,38 @@ const MAX_JITTER: Duration = Duration::from_secs(1);
 /// How long after its notice a socket may stay before the gateway closes it.
 const NOTICE_GRACE: Duration = Duration::from_secs(2);
 
-/// Every open socket of this gateway, so that a drain can reach them.
+/// Every open socket of this gateway, with the login it was opened under,
+/// so that a drain, a logout or an expired session can reach them.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    open: Mutex<HashMap<SocketId, Mailbox>>,
+    open: Mutex<HashMap<SocketId, (Mailbox, LoginId)>>,
 }
 
 impl Sockets {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketId, Mailbox>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketId, (Mailbox, LoginId)>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds an open socket.
-    pub fn insert(&self, id: SocketId, mailbox: Mailbox) {
-        self.lock().insert(id, mailbox);
+    pub fn insert(&self, id: SocketId, mailbox: Mailbox, login: LoginId) {
+        self.lock().insert(id, (mailbox, login));
+    }
+
+    /// The logins that have sockets here, each once.
+    pub fn logins(&self) -> Vec<LoginId> {
+        let logins: HashSet<LoginId> = self.lock().values().map(|(_, login)| login.clone()).collect();
+        logins.into_iter().collect()
+    }
+
+    /// Closes every socket opened under `login`; returns how many.
+    pub fn close_login(&self, login: &LoginId, reason: CloseReason) -> usize {
+        let open = self.lock();
+        let mut closed = 0;
+        for (mailbox, _) in open.values().filter(|(_, owner)| owner == login) {
+            mailbox.closer.close(reason);
+            closed += 1;
+        }
+        closed
     }
 
     /// Forgets a closed socket.
@@ -58,7 +77,7 @@ impl Sockets {
     }
 
     fn snapshot(&self) -> Vec<Mailbox> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|(mailbox, _)| mailbox.clone()).collect()
     }
 
     /// Tells every socket to reconnect, in batches spread over `window`, and
@@ -113,7 +132,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let mailbox = Mailbox::new(tx, 1024);
         let closer = mailbox.closer.clone();
-        sockets.insert(id, mailbox);
+        sockets.insert(id, mailbox, LoginId::from_announcement(format!("login-{id}")));
         (rx, closer)
     }
 

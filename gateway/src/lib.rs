@@ -9,6 +9,7 @@
 //! - [`server`]: the public port: HTTP routes and the WebSocket upgrade.
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
+//! - [`logins`]: logouts and expiries close their sockets on every gateway.
 //! - [`ws`]: one socket's reader, writer and frame handling.
 //! - [`wire`]: a byte-level guard that refuses unmasked client frames.
 //! - [`mailbox`]: a socket's outbound queue and close request.
@@ -25,6 +26,7 @@ pub mod drain;
 pub mod error;
 pub mod hub;
 pub mod limits;
+pub mod logins;
 pub mod mailbox;
 pub mod metrics;
 pub mod pages;
@@ -106,6 +108,9 @@ pub async fn run(
 
     let sockets = Arc::new(Sockets::default());
     let limits = Arc::new(Limits::new(&config));
+    tracker.spawn(logins::follow_logouts(config.redis_url.clone(), sockets.clone(), shutdown.clone()));
+    let every = config.session_check_interval;
+    tracker.spawn(logins::sweep_ended(sessions.clone(), sockets.clone(), every, shutdown.clone()));
     tracker.spawn(forget_idle_limits(limits.clone(), shutdown.clone()));
     let shared = Shared {
         hub,

@@ -43,6 +43,8 @@ impl CloseReason {
     pub const SLOW: Self = Self { code: close::POLICY, text: "slow: too far behind" };
     /// The peer stopped answering pings.
     pub const IDLE: Self = Self { code: close::POLICY, text: "timeout: no pong" };
+    /// The login was logged out or expired.
+    pub const SESSION_ENDED: Self = Self { code: close::POLICY, text: "session ended" };
     /// The peer kept sending over its rate limit.
     pub const ABUSE: Self = Self { code: close::POLICY, text: "rate limit: too many sends" };
 
@@ -53,6 +55,7 @@ impl CloseReason {
             Self::SLOW => "slow",
             Self::IDLE => "idle",
             Self::ABUSE => "abuse",
+            Self::SESSION_ENDED => "session_ended",
             Self { code: close::PROTOCOL, .. } => "protocol",
             Self { code: close::NORMAL, .. } => "normal",
             Self { code: close::TOO_BIG, .. } => "too_big",

@@ -163,8 +163,10 @@ impl App {
     }
 
     async fn logout(&self, headers: &HeaderMap) -> Result<Reply, HttpError> {
-        if let Ok(id) = self.sessions.id_from_headers(headers) {
-            self.sessions.destroy(&id).await?;
+        match self.sessions.authenticate(headers).await {
+            Ok(session) => self.sessions.log_out(&session).await?,
+            Err(SessionError::Store(reason)) => return Err(SessionError::Store(reason).into()),
+            Err(_) => {}
         }
         let mut reply = redirect_home();
         append_cookie(&mut reply, &self.sessions.clear_cookie());

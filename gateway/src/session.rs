@@ -28,7 +28,10 @@ use sha2::Sha256;
 pub const COOKIE_NAME: &str = "jsessionid";
 /// How long a replaced session id keeps working.
 pub const REGENERATE_GRACE: Duration = Duration::from_secs(10);
+/// The Redis channel on which a logout is announced to every gateway.
+pub const LOGOUT_CHANNEL: &str = "warren:logout";
 const KEY_PREFIX: &str = "sess:";
+const LOGIN_PREFIX: &str = "warren:login:";
 
 /// What `encodeURIComponent` leaves alone; everything else is escaped.
 const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -119,6 +122,32 @@ impl SessionId {
     }
 }
 
+/// One login, across every id its session is given by regeneration: what a
+/// logout or an expiry ends, on every socket opened under it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LoginId(String);
+
+impl LoginId {
+    fn generate() -> Self {
+        let bytes: [u8; 18] = rand::rng().random();
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The id as text (it is also the logout announcement's payload).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The login named by a logout announcement.
+    pub fn from_announcement(payload: String) -> Self {
+        Self(payload)
+    }
+
+    fn key(&self) -> String {
+        format!("{LOGIN_PREFIX}{}", self.0)
+    }
+}
+
 /// A logged-in session.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -126,6 +155,8 @@ pub struct Session {
     pub id: SessionId,
     /// Who is logged in.
     pub user: UserName,
+    /// The login it belongs to.
+    pub login: LoginId,
 }
 
 /// The stored record, as express-session writes it.
@@ -133,6 +164,9 @@ pub struct Session {
 struct Record {
     cookie: CookieRecord,
     user: Option<UserName>,
+    /// Warren's login id; absent in sessions a Node app created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    login: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -259,7 +293,17 @@ impl SessionStore {
             return Err(SessionError::Unknown);
         }
         let user = record.user.ok_or(SessionError::Unknown)?;
-        Ok(Session { id, user })
+        let login = match record.login {
+            Some(login) => LoginId(login),
+            // A session made elsewhere: its id stands for the login, whose
+            // key is made now so that expiry checks find it.
+            None => {
+                let login = LoginId(id.0.clone());
+                self.mark_login(&login).await?;
+                login
+            }
+        };
+        Ok(Session { id, user, login })
     }
 
     /// A fresh session for `user` (a new id every time: no fixation).
@@ -267,7 +311,7 @@ impl SessionStore {
     /// # Errors
     /// `Store` when Redis fails.
     pub async fn create(&self, user: UserName) -> Result<Session, SessionError> {
-        let session = Session { id: SessionId::generate(), user };
+        let session = Session { id: SessionId::generate(), user, login: LoginId::generate() };
         self.save(&session).await?;
         Ok(session)
     }
@@ -278,7 +322,8 @@ impl SessionStore {
     /// # Errors
     /// `Store` when Redis fails.
     pub async fn regenerate(&self, old: &Session) -> Result<Session, SessionError> {
-        let session = self.create(old.user.clone()).await?;
+        let session = Session { id: SessionId::generate(), user: old.user.clone(), login: old.login.clone() };
+        self.save(&session).await?;
         let grace = i64::try_from(REGENERATE_GRACE.as_secs()).unwrap_or(10);
         // A plain EXPIRE is fine: the grace is far shorter than any session
         // lifetime.
@@ -291,7 +336,62 @@ impl SessionStore {
         Ok(session)
     }
 
-    /// Deletes a session (logout).
+    /// Ends a login: deletes the session and the login, and announces it so
+    /// that every gateway closes the sockets opened under it.
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn log_out(&self, session: &Session) -> Result<(), SessionError> {
+        timed("logout", async {
+            let mut redis = self.pool.get().await?;
+            let _: () = deadpool_redis::redis::pipe()
+                .del(session.id.key())
+                .del(session.login.key())
+                .publish(LOGOUT_CHANNEL, session.login.as_str())
+                .query_async(&mut redis)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Which of these logins still exist (not logged out, not expired).
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn logins_alive(&self, logins: &[LoginId]) -> Result<Vec<bool>, SessionError> {
+        if logins.is_empty() {
+            return Ok(Vec::new());
+        }
+        timed("exists", async {
+            let mut redis = self.pool.get().await?;
+            let mut pipe = deadpool_redis::redis::pipe();
+            for login in logins {
+                pipe.exists(login.key());
+            }
+            Ok(pipe.query_async(&mut redis).await?)
+        })
+        .await
+    }
+
+    /// Makes sure a login's key exists (for sessions made elsewhere).
+    async fn mark_login(&self, login: &LoginId) -> Result<(), SessionError> {
+        timed("set", async {
+            let mut redis = self.pool.get().await?;
+            let _: () = deadpool_redis::redis::cmd("SET")
+                .arg(login.key())
+                .arg(1)
+                .arg("EX")
+                .arg(self.max_age.as_secs().max(1))
+                .arg("NX")
+                .query_async(&mut redis)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a session id (a login replaced by a new one).
     ///
     /// # Errors
     /// `Store` when Redis fails.
@@ -305,11 +405,16 @@ impl SessionStore {
     }
 
     async fn save(&self, session: &Session) -> Result<(), SessionError> {
-        let record = Record::new(&session.user, self.max_age, self.secure);
+        let record = Record::new(session, self.max_age, self.secure);
         let json = serde_json::to_string(&record).map_err(|error| SessionError::Store(error.to_string()))?;
+        let ttl = self.max_age.as_secs().max(1);
         timed("set", async {
             let mut redis = self.pool.get().await?;
-            let _: () = redis.set_ex(session.id.key(), json, self.max_age.as_secs().max(1)).await?;
+            let _: () = deadpool_redis::redis::pipe()
+                .set_ex(session.id.key(), json, ttl)
+                .set_ex(session.login.key(), 1, ttl)
+                .query_async(&mut redis)
+                .await?;
             Ok(())
         })
         .await
@@ -351,7 +456,7 @@ async fn timed<T>(
 }
 
 impl Record {
-    fn new(user: &UserName, max_age: Duration, secure: bool) -> Self {
+    fn new(session: &Session, max_age: Duration, secure: bool) -> Self {
         let expires = SystemTime::now() + max_age;
         Self {
             cookie: CookieRecord {
@@ -362,7 +467,8 @@ impl Record {
                 path: root_path(),
                 same_site: Some("lax".to_owned()),
             },
-            user: Some(user.clone()),
+            user: Some(session.user.clone()),
+            login: Some(session.login.0.clone()),
         }
     }
 
@@ -418,7 +524,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_expire() {
         let user = UserName::try_from("alice".to_owned()).expect("valid");
-        let record = Record::new(&user, Duration::from_secs(60), false);
+        let session = Session { id: SessionId::generate(), user, login: LoginId::generate() };
+        let record = Record::new(&session, Duration::from_secs(60), false);
         let json = serde_json::to_string(&record).expect("serializes");
         assert!(json.contains(r#""user":"alice""#) && json.contains(r#""httpOnly":true"#));
         let back: Record = serde_json::from_str(&json).expect("parses");

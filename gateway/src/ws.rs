@@ -85,7 +85,7 @@ impl Handler {
         let closer = mailbox.closer.clone();
         let writer = shared.tracker.spawn(write_loop(write, rx, mailbox.clone()));
         let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        shared.sockets.insert(id, mailbox.clone());
+        shared.sockets.insert(id, mailbox.clone(), session.login.clone());
         metrics::socket_opened();
         tracing::info!(socket = id, user = session.user.as_str(), "socket open");
         let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();

@@ -113,3 +113,69 @@ async fn sockets_need_a_valid_session_and_an_allowed_origin() -> anyhow::Result<
     assert_eq!(refused(front, Some(&bob_cookie), None).await?, 401, "deleted session");
     Ok(())
 }
+
+async fn closed_with(socket: &mut ws::Socket) -> anyhow::Result<(u16, String)> {
+    loop {
+        if let ws::Event::Close(code, reason) = socket.next_event().await? {
+            return Ok((code, reason));
+        }
+    }
+}
+
+#[tokio::test]
+async fn logout_closes_the_login_sockets_on_every_gateway() -> anyhow::Result<()> {
+    let stack = Stack::start(Shape { bridges: 1, gateways: 2, haproxy: false }).await?;
+    let (one, two) = (stack.gateways[0].addr, stack.gateways[1].addr);
+    let mut browser = Client::new(one);
+    browser.login(&testkit::unique("leaver")).await?;
+    let first = browser.cookie.clone().context("cookie")?;
+    let mut on_one = ws::connect(one, Some(&first), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    on_one.next_json().await?;
+    // The same login, after a refresh (a new session id), on the other gateway.
+    browser.addr = two;
+    browser.get("/session").await?;
+    let second = browser.cookie.clone().context("cookie")?;
+    assert_ne!(first, second);
+    let mut on_two = ws::connect(two, Some(&second), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    on_two.next_json().await?;
+    // Someone else's socket stays open.
+    let mut other = Client::new(one);
+    other.login(&testkit::unique("stayer")).await?;
+    let mut stays = ws::connect(one, other.cookie.as_deref(), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    stays.next_json().await?;
+
+    let started = std::time::Instant::now();
+    browser.addr = one;
+    assert_eq!(browser.request(http::Method::POST, "/logout", None).await?.status, StatusCode::SEE_OTHER);
+    for socket in [&mut on_one, &mut on_two] {
+        assert_eq!(closed_with(socket).await?, (1008, "session ended".to_owned()));
+    }
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "closed everywhere in {took:?}");
+    stays.send(&serde_json::json!({"type":"ping"})).await?;
+    assert_eq!(stays.next_of_type("pong").await?["type"], "pong", "other logins are untouched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_login_has_its_sockets_closed() -> anyhow::Result<()> {
+    let extras = testkit::stack::Extras {
+        gateway_env: vec![("GATEWAY_SESSION_CHECK_INTERVAL".to_owned(), "500ms".to_owned())],
+        ..testkit::stack::Extras::default()
+    };
+    let stack = Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, extras).await?;
+    let addr = stack.gateways[0].addr;
+    let mut browser = Client::new(addr);
+    browser.login(&testkit::unique("expiring")).await?;
+    let cookie = browser.cookie.clone().context("cookie")?;
+    let mut socket = ws::connect(addr, Some(&cookie), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    socket.next_json().await?;
+
+    // Expire it the way Redis would: its keys go away.
+    let mut redis = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+    let raw: String = redis.get(format!("sess:{}", sid_of(&cookie)?)).await?;
+    let login = serde_json::from_str::<serde_json::Value>(&raw)?["login"].as_str().context("login id")?.to_owned();
+    let _: () = redis.del(&[format!("sess:{}", sid_of(&cookie)?), format!("warren:login:{login}")]).await?;
+    assert_eq!(closed_with(&mut socket).await?, (1008, "session ended".to_owned()));
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Ending logins on every gateway: a logout is announced on a Redis channel
+//! and each gateway closes the sockets opened under that login at once; a
+//! periodic sweep catches logins that expired (or whose announcement was
+//! missed while Redis was away) and closes theirs too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ops::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+
+use crate::drain::Sockets;
+use crate::mailbox::CloseReason;
+use crate::session::{LOGOUT_CHANNEL, LoginId, SessionStore};
+
+/// Listens for logout announcements until `shutdown`, reconnecting to Redis
+/// with backoff when the subscription breaks.
+pub async fn follow_logouts(redis_url: String, sockets: Arc<Sockets>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !shutdown.is_cancelled() {
+        match listen(&redis_url, &sockets, &shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, "logout subscription lost; resubscribing"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn listen(
+    redis_url: &str,
+    sockets: &Sockets,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), redis::RedisError> {
+    let mut pubsub = redis::Client::open(redis_url)?.get_async_pubsub().await?;
+    pubsub.subscribe(LOGOUT_CHANNEL).await?;
+    backoff.reset();
+    let mut messages = pubsub.on_message();
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(message) = message else {
+            return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")));
+        };
+        let Ok(login) = message.get_payload::<String>() else { continue };
+        let closed = sockets.close_login(&LoginId::from_announcement(login), CloseReason::SESSION_ENDED);
+        if closed > 0 {
+            tracing::info!(sockets = closed, "logout: closed the login's sockets");
+        }
+    }
+}
+
+/// Every `every`, closes the sockets of logins that no longer exist.
+pub async fn sweep_ended(sessions: SessionStore, sockets: Arc<Sockets>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let logins = sockets.logins();
+        // Redis down: keep every socket; the next sweep decides.
+        let Ok(alive) = sessions.logins_alive(&logins).await else { continue };
+        for (login, alive) in logins.iter().zip(alive) {
+            if !alive {
+                let closed = sockets.close_login(login, CloseReason::SESSION_ENDED);
+                tracing::info!(sockets = closed, "session ended: closed the login's sockets");
+            }
+        }
+    }
+}
