@@ -180,6 +180,7 @@ impl Lab {
             amqp_url: Some(rabbit.url()),
             spare_gateways: 1,
             drain_window: Some(drain_window),
+            ..Extras::default()
         };
         let stack = Stack::start_with(Shape { bridges, gateways, haproxy: true }, extras).await?;
         Ok(Self { stack, redis, rabbit })
