@@ -186,8 +186,25 @@ impl GatewaySession {
 }
 
 async fn answer_publish(publisher: Arc<Publisher>, publish: Publish, tx: mpsc::Sender<Result<BridgeFrame, Status>>) {
+    let span = tracing::info_span!("bridge.publish");
+    ops::telemetry::parent_from(&span, &publish.traceparent);
     let request_id = publish.request_id;
-    let request = PublishRequest { room: publish.room, user: publish.user, text: publish.text, cid: publish.cid };
+    let request = PublishRequest {
+        room: publish.room,
+        user: publish.user,
+        text: publish.text,
+        cid: publish.cid,
+        traceparent: ops::telemetry::traceparent_of(&span),
+    };
+    tracing::Instrument::instrument(answer(publisher, request_id, request, tx), span).await;
+}
+
+async fn answer(
+    publisher: Arc<Publisher>,
+    request_id: u64,
+    request: PublishRequest,
+    tx: mpsc::Sender<Result<BridgeFrame, Status>>,
+) {
     let started = std::time::Instant::now();
     let answer = match publisher.publish(&request).await {
         Ok(id) => {
@@ -244,7 +261,8 @@ async fn forward_room(
                 Some(Ok(stored)) => {
                     start = Start::After(stored.message.id);
                     metrics::forwarded(age_of(stored.message.ts));
-                    if tx.send(Ok(frame(Out::Message(stored.message)))).await.is_err() {
+                    let message = traced_forward(stored.message);
+                    if tx.send(Ok(frame(Out::Message(message)))).await.is_err() {
                         return;
                     }
                 }
@@ -256,6 +274,17 @@ async fn forward_room(
             }
         }
     }
+}
+
+/// For a traced message: a forwarding span, child of the publish, whose
+/// context the message carries on to the gateway.
+fn traced_forward(mut message: proto::warren::v1::Message) -> proto::warren::v1::Message {
+    if !message.traceparent.is_empty() {
+        let span = tracing::info_span!("bridge.forward", id = message.id);
+        ops::telemetry::parent_from(&span, &message.traceparent);
+        message.traceparent = ops::telemetry::traceparent_of(&span);
+    }
+    message
 }
 
 /// Counts a subscription as ended when the forwarding task ends, however it

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Err(error) => error.exit(),
     };
-    ops::telemetry::init_logging(config.log_format);
+    let telemetry = ops::telemetry::init(config.log_format, "warren-bridge");
     let listener = TcpListener::bind(config.listen).await?;
     let admin = TcpListener::bind(config.admin_listen).await?;
 
@@ -31,5 +31,6 @@ async fn main() -> anyhow::Result<()> {
         () = force.cancelled() => {}
     }
     force.cancel();
+    drop(telemetry);
     Ok(())
 }

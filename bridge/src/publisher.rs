@@ -79,6 +79,8 @@ pub struct PublishRequest {
     pub text: String,
     /// The client's id for this send.
     pub cid: String,
+    /// W3C trace context to store with the message (may be empty).
+    pub traceparent: String,
 }
 
 impl Publisher {
@@ -135,7 +137,13 @@ impl Publisher {
         id: oneshot::Receiver<u64>,
     ) -> Result<u64, BridgeError> {
         let link = self.broker.link()?;
-        let outgoing = Outgoing { user: &request.user, text: &request.text, cid: &request.cid, token };
+        let outgoing = Outgoing {
+            user: &request.user,
+            text: &request.text,
+            cid: &request.cid,
+            token,
+            traceparent: &request.traceparent,
+        };
         let stored = async {
             link.publish(&request.room, &outgoing).await?;
             id.await.map_err(|_| BridgeError::Unavailable)

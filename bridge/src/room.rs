@@ -90,6 +90,9 @@ pub struct Outgoing<'a> {
     /// Unique per publish: how the publishing bridge recognises its own
     /// message in the stream, to learn its id.
     pub token: &'a str,
+    /// W3C trace context of the publish, carried in the message (empty when
+    /// tracing is off).
+    pub traceparent: &'a str,
 }
 
 impl Outgoing<'_> {
@@ -100,6 +103,9 @@ impl Outgoing<'_> {
         headers.insert("user".into(), AMQPValue::LongString(self.user.into()));
         headers.insert("cid".into(), AMQPValue::LongString(self.cid.into()));
         headers.insert("ts".into(), AMQPValue::LongLongInt(now));
+        if !self.traceparent.is_empty() {
+            headers.insert("traceparent".into(), AMQPValue::LongString(self.traceparent.into()));
+        }
         BasicProperties::default()
             .with_message_id(self.token.into())
             .with_content_type("text/plain; charset=utf-8".into())
@@ -135,6 +141,7 @@ pub fn decode(room: &str, delivery: &Delivery) -> Option<Stored> {
         text: String::from_utf8_lossy(&delivery.data).into_owned(),
         ts: headers.get("ts").and_then(as_i64).unwrap_or_default(),
         cid: text_of("cid"),
+        traceparent: text_of("traceparent"),
     };
     let token = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default();
     Some(Stored { message, token })

@@ -5,9 +5,10 @@
  * checks the session, joins the remembered rooms (replaying from the last id
  * seen after a reconnect), renders messages de-duplicated and sorted by id,
  * keeps sends pending until their ack and resends them with the same cid
- * after a reconnect. Reconnects with full-jitter exponential backoff, or
- * after the delay a draining gateway asks for. User text only ever reaches
- * the page through textContent.
+ * after a reconnect. Shows who is in the current room: the members that
+ * `joined` lists, kept up to date by `presence` frames. Reconnects with
+ * full-jitter exponential backoff, or after the delay a draining gateway
+ * asks for. User text only ever reaches the page through textContent.
  *
  * Plain ES2020, no modules, no dependencies; loaded with `defer`.
  */
@@ -38,7 +39,7 @@
     attempt: 0,             // failed attempts since the last welcome
     reconnectAt: 0,
     timers: { reconnect: 0, countdown: 0, dead: 0, ping: 0, status: 0 },
-    rooms: new Map(),       // name -> { name, items, ids, lastId, readId, unread, joined }
+    rooms: new Map(),       // name -> { name, items, ids, lastId, readId, unread, joined, members }
     order: [],              // room names in the order shown
     current: DEFAULT_ROOM,
     outbox: new Map(),      // cid -> item (a send not acked yet)
@@ -86,7 +87,7 @@
   function room(name) {
     let r = st.rooms.get(name);
     if (!r) {
-      r = { name, items: [], ids: new Set(), lastId: 0, readId: 0, unread: 0, joined: false };
+      r = { name, items: [], ids: new Set(), lastId: 0, readId: 0, unread: 0, joined: false, members: new Set() };
       st.rooms.set(name, r);
       st.order.push(name);
     }
@@ -158,6 +159,14 @@
     list.replaceChildren(...r.items.map((i) => i.el));
     list.scrollTop = list.scrollHeight;
     renderRoomList();
+    renderMembers();
+  }
+
+  /** The current room's members, sorted; the user's own name marked. */
+  function renderMembers() {
+    const names = [...room(st.current).members].sort();
+    $('members').replaceChildren(...names.map((n) => h('li', n === st.user ? 'member me' : 'member', n)));
+    $('member-count').textContent = names.length ? String(names.length) : '';
   }
 
   function renderRoomList() {
@@ -306,6 +315,7 @@
     switch (f.type) {
       case 'welcome': return onWelcome(f);
       case 'joined': return onJoined(f);
+      case 'presence': return onPresence(f);
       case 'message': return onMessage(f);
       case 'ack': return onAck(f);
       case 'error': return onError(f);
@@ -333,7 +343,20 @@
     const r = st.rooms.get(f.room);
     if (!r) return;
     r.joined = true;
+    if (Array.isArray(f.members)) {
+      r.members = new Set(f.members.filter((m) => typeof m === 'string'));
+      if (r.name === st.current) renderMembers();
+    }
     st.outbox.forEach((item) => { if (item.room === r.name) sendItem(item); });
+  }
+
+  /** A user's first socket joined a room, or its last one left. */
+  function onPresence(f) {
+    const r = st.rooms.get(f.room);
+    if (!r || typeof f.user !== 'string') return;
+    if (f.state === 'join') r.members.add(f.user);
+    else if (f.state === 'leave') r.members.delete(f.user);
+    if (r.name === st.current) renderMembers();
   }
 
   function onMessage(f) {
@@ -468,6 +491,10 @@
     messages: (name) => {
       const r = st.rooms.get(name || st.current);
       return r ? r.items.filter((i) => i.id != null).map((i) => ({ id: i.id, user: i.user, text: i.text })) : [];
+    },
+    members: (name) => {
+      const r = st.rooms.get(name || st.current);
+      return r ? [...r.members].sort() : [];
     },
   };
 

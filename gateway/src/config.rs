@@ -113,6 +113,18 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How often the gateway refreshes its presence heartbeat in Redis, and
+    /// how often it looks for gateways whose heartbeat expired.
+    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub presence_heartbeat: Duration,
+
+    /// How long a presence heartbeat lives: a gateway that stops beating
+    /// (crashed, or cut off from Redis) is taken for dead after this, and
+    /// its users leave the rooms they are in nowhere else, within this plus
+    /// one heartbeat period.
+    #[arg(long, env = "GATEWAY_PRESENCE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -154,6 +166,14 @@ impl Config {
         if rates.contains(&0) || self.max_rooms_per_socket == 0 || self.max_sockets == 0 {
             return Err("limits must be at least 1".to_owned());
         }
+        if self.presence_heartbeat < Duration::from_millis(100) {
+            return Err("--presence-heartbeat: at least 100ms".to_owned());
+        }
+        if self.presence_ttl < self.presence_heartbeat * 2 {
+            return Err(
+                "--presence-ttl: at least twice --presence-heartbeat, so one late beat is not a death".to_owned()
+            );
+        }
         Ok(())
     }
 }
@@ -191,5 +211,8 @@ mod tests {
         let short = Config::try_parse_from(["warren-gateway", "--session-max-age", "5s"]).expect("parses");
         assert!(short.validate().is_err());
         assert!(Config::try_parse_from(["warren-gateway", "--listen", "nowhere"]).is_err());
+        let ttl = Config::try_parse_from(["warren-gateway", "--presence-heartbeat", "3s", "--presence-ttl", "5s"])
+            .expect("parses");
+        assert!(ttl.validate().is_err(), "a TTL under two heartbeats");
     }
 }

@@ -71,4 +71,7 @@ pub enum RunError {
     /// The Redis pool could not be built from the URL.
     #[error("redis: {0}")]
     Redis(#[from] deadpool_redis::CreatePoolError),
+    /// The presence client could not be built from the Redis URL.
+    #[error("redis (presence): {0}")]
+    Presence(#[from] redis::RedisError),
 }

@@ -179,7 +179,10 @@ impl Hub {
         let mut member = Member { mailbox, cursor: since.map_or(Cursor::Fresh, Cursor::At), filling: None };
         let mut gap = None;
         if let Some(last) = room.last_id {
-            let after = since.unwrap_or_else(|| last.saturating_sub(JOIN_TAIL)).min(last);
+            // A client may be ahead of this gateway's view of the room (its
+            // subscription is new): its cursor still starts at `since`, so
+            // nothing it has is sent again.
+            let after = since.unwrap_or_else(|| last.saturating_sub(JOIN_TAIL));
             member.cursor = Cursor::At(after);
             if after < last {
                 member.filling = Some(Vec::new());
@@ -212,6 +215,13 @@ impl Hub {
 
     /// Takes one message from the bridge and hands it to every member.
     pub fn deliver(self: &Arc<Self>, message: &Message) {
+        // Traced messages get a delivery span, child of the bridge's.
+        let span = (!message.traceparent.is_empty()).then(|| {
+            let span = tracing::info_span!("gateway.deliver", id = message.id);
+            ops::telemetry::parent_from(&span, &message.traceparent);
+            span
+        });
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let mut gaps = Vec::new();
         {
             let mut rooms = self.lock();

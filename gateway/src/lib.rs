@@ -16,6 +16,7 @@
 //! - [`drain`]: the open sockets, and how they are let go on shutdown.
 //! - [`protocol`]: the client protocol's frames and rules, pure.
 //! - [`hub`]: rooms, members, replay and gap filling.
+//! - [`presence`]: who is in each room, across gateways, in Redis.
 //! - [`limits`]: sizes and rates, and the state that enforces them.
 //! - [`upstream`]: the gRPC link to the bridges.
 //! - [`error`]: HTTP errors and their statuses.
@@ -30,6 +31,7 @@ pub mod logins;
 pub mod mailbox;
 pub mod metrics;
 pub mod pages;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -49,6 +51,7 @@ use crate::drain::Sockets;
 use crate::error::RunError;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::presence::Presence;
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
 use crate::upstream::Upstream;
@@ -88,6 +91,12 @@ pub async fn run(
     let upstream_task = tokio::spawn(upstream.clone().run(Arc::downgrade(&hub), upstream_token.clone()));
 
     let instance: Arc<str> = config.instance_name().into();
+    let (presence, presence_tasks) =
+        Presence::new(&config.redis_url, &instance, config.presence_heartbeat, config.presence_ttl)?;
+    // Like the admin port, presence outlives the drain: its entries stay
+    // while the sockets move, and are removed when the gateway exits.
+    let presence_token = CancellationToken::new();
+    let presence_task = tokio::spawn(presence_tasks.run(presence_token.clone()));
     let redis_up = Arc::new(AtomicBool::new(true));
     tracker.spawn(watch_redis(sessions.clone(), redis_up.clone(), shutdown.clone()));
     let readiness = {
@@ -119,6 +128,7 @@ pub async fn run(
         sockets: sockets.clone(),
         limits,
         tracker: tracker.clone(),
+        presence: presence.clone(),
     };
     let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone() });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");
@@ -126,9 +136,12 @@ pub async fn run(
 
     shutdown.cancelled().await;
     metrics::draining(true);
+    presence.drain();
     sockets.drain(config.drain_window).await;
     let _ = serving.await;
     ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
+    presence_token.cancel();
+    let _ = presence_task.await;
     upstream_token.cancel();
     admin_token.cancel();
     let _ = admin_task.await;

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("warren-gateway: {reason}");
         std::process::exit(EX_USAGE);
     }
-    ops::telemetry::init_logging(config.log_format);
+    let telemetry = ops::telemetry::init(config.log_format, "warren-gateway");
     let listener = TcpListener::bind(config.listen).await?;
     let admin = TcpListener::bind(config.admin_listen).await?;
 
@@ -35,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
         () = force.cancelled() => {}
     }
     force.cancel();
+    drop(telemetry);
     Ok(())
 }

@@ -31,6 +31,16 @@ pub fn describe() {
     describe_gauge!("warren_gateway_bridge_connected", "1 while a bridge stream is attached.");
     describe_counter!("warren_gateway_bridge_reconnects_total", "Bridge streams opened after the first.");
     describe_gauge!("warren_gateway_rooms", "Rooms with members on this gateway.");
+    describe_gauge!("warren_gateway_presence_entries", "(room, user) presence entries this gateway holds in Redis.");
+    describe_counter!("warren_gateway_presence_heartbeats_total", "Presence heartbeats sent to Redis, by result.");
+    describe_counter!(
+        "warren_gateway_presence_expirations_total",
+        "Gateways whose presence heartbeat expired, found by this gateway's sweep."
+    );
+    describe_counter!(
+        "warren_gateway_presence_expired_entries_total",
+        "Presence entries of expired gateways removed by this gateway."
+    );
 }
 
 /// A socket opened.
@@ -116,4 +126,28 @@ pub fn bridge_attached(attached: bool, reconnect: bool) {
 /// Rooms with members now.
 pub fn rooms(count: usize) {
     gauge!("warren_gateway_rooms").set(count as f64);
+}
+
+/// Presence entries this gateway holds now.
+pub fn presence_entries(count: usize) {
+    gauge!("warren_gateway_presence_entries").set(count as f64);
+}
+
+/// A presence heartbeat was sent; `ok` says whether Redis took it.
+pub fn presence_heartbeat(ok: bool) {
+    counter!("warren_gateway_presence_heartbeats_total", "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// `presence` frames queued to `sockets` sockets.
+pub fn presence_sent(sockets: usize) {
+    if sockets > 0 {
+        counter!("warren_gateway_frames_out_total", "type" => "presence").increment(sockets as u64);
+    }
+}
+
+/// The sweep found a gateway whose heartbeat expired and removed `entries`
+/// of its entries.
+pub fn presence_expired(entries: u64) {
+    counter!("warren_gateway_presence_expirations_total").increment(1);
+    counter!("warren_gateway_presence_expired_entries_total").increment(entries);
 }

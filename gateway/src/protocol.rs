@@ -124,7 +124,11 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
             Ok(ClientFrame::Send { room, text, cid })
         }
         "ping" => Ok(ClientFrame::Ping),
-        other => Err(FrameError::new("unknown_type", format!("unknown frame type {other:?}")).with_cid(cid)),
+        other => {
+            // Echo a bounded piece of what the client sent, not all of it.
+            let shown: String = other.chars().take(32).collect();
+            Err(FrameError::new("unknown_type", format!("unknown frame type {shown:?}")).with_cid(cid))
+        }
     }
 }
 
@@ -153,7 +157,8 @@ fn check_text(text: &str) -> Result<(), FrameError> {
 }
 
 fn check_cid(cid: &str) -> Result<(), FrameError> {
-    if cid.is_empty() || cid.len() > MAX_CID_LEN {
+    let chars = cid.chars().count();
+    if chars == 0 || chars > MAX_CID_LEN {
         return Err(FrameError::new("bad_cid", format!("cid must be 1 to {MAX_CID_LEN} characters")));
     }
     Ok(())
@@ -165,8 +170,9 @@ fn check_cid(cid: &str) -> Result<(), FrameError> {
 pub enum ServerFrame<'a> {
     /// First frame on every socket.
     Welcome { user: &'a str, instance: &'a str },
-    /// A join took effect.
-    Joined { room: &'a str },
+    /// A join took effect; `members` are the users in the room now, sorted,
+    /// the joiner included.
+    Joined { room: &'a str, members: &'a [String] },
     /// A leave took effect.
     Left { room: &'a str },
     /// A chat message.
@@ -182,6 +188,9 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// A user's first socket joined a room (`state` = `join`), or its last
+    /// left (`leave`), on any gateway.
+    Presence { room: &'a str, user: &'a str, state: &'a str },
     /// Reconnect (elsewhere) after this delay.
     Reconnect { after_ms: u64 },
     /// Answers a `ping`.
@@ -280,5 +289,12 @@ mod tests {
         assert_eq!(json, serde_json::json!({"type":"welcome","user":"a","instance":"gw-1"}));
         let json: Value = serde_json::from_slice(&ServerFrame::Reconnect { after_ms: 5 }.encode()).expect("json");
         assert_eq!(json, serde_json::json!({"type":"reconnect","after_ms":5}));
+        let members = ["alice".to_owned(), "bob".to_owned()];
+        let json: Value =
+            serde_json::from_slice(&ServerFrame::Joined { room: "lobby", members: &members }.encode()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"joined","room":"lobby","members":["alice","bob"]}));
+        let presence = ServerFrame::Presence { room: "lobby", user: "bob", state: "leave" };
+        let json: Value = serde_json::from_slice(&presence.encode()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"presence","room":"lobby","user":"bob","state":"leave"}));
     }
 }

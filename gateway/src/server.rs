@@ -113,7 +113,10 @@ impl App {
             (&Method::POST, "/login") => self.login(request).await,
             (&Method::POST, "/logout") => self.logout(request.headers()).await,
             (&Method::GET, "/session") => self.session(request.headers()).await,
-            (&Method::GET, "/ws") => self.upgrade(request, peer).await,
+            (&Method::GET, "/ws") => {
+                let span = tracing::info_span!("ws.handshake", %peer);
+                tracing::Instrument::instrument(self.upgrade(request, peer), span).await
+            }
             (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
             (_, "/" | "/login" | "/logout" | "/session" | "/ws") => Err(HttpError::MethodNotAllowed),
             _ => Err(HttpError::NotFound),

@@ -223,10 +223,15 @@ impl Signer {
     /// # Errors
     /// `BadSignature` for anything but a correctly signed value.
     pub fn verify(&self, cookie_value: &str) -> Result<SessionId, SessionError> {
-        let value = match cookie_value.split_once('~') {
-            Some((_, rest)) if !cookie_value.starts_with("s%3A") && !cookie_value.starts_with("s:") => rest,
-            _ => cookie_value,
-        };
+        // As sent, then without a `<server>~` prefix (which may itself hold
+        // anything but `~`).
+        self.verify_exact(cookie_value).or_else(|error| match cookie_value.split_once('~') {
+            Some((_, rest)) => self.verify_exact(rest),
+            None => Err(error),
+        })
+    }
+
+    fn verify_exact(&self, value: &str) -> Result<SessionId, SessionError> {
         let decoded = percent_decode_str(value).decode_utf8().map_err(|_| SessionError::BadSignature)?;
         let signed = decoded.strip_prefix("s:").ok_or(SessionError::BadSignature)?;
         let (sid, signature) = signed.rsplit_once('.').ok_or(SessionError::BadSignature)?;
@@ -510,6 +515,7 @@ mod tests {
         let id = SessionId::generate();
         let value = signer.cookie_value(&id);
         assert_eq!(signer.verify(&format!("gw1~{value}")).expect("valid"), id);
+        assert_eq!(signer.verify(&format!("s:1~{value}")).expect("valid"), id, "a prefix that looks signed");
     }
 
     #[test]

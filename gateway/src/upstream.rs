@@ -133,7 +133,14 @@ impl Upstream {
     ///
     /// # Errors
     /// A [`PublishFailure`]; every failure here is worth retrying.
-    pub async fn publish(&self, room: &str, user: &str, text: &str, cid: &str) -> Result<u64, PublishFailure> {
+    pub async fn publish(
+        &self,
+        room: &str,
+        user: &str,
+        text: &str,
+        cid: &str,
+        traceparent: String,
+    ) -> Result<u64, PublishFailure> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock().pending.insert(request_id, tx);
@@ -143,7 +150,7 @@ impl Upstream {
             user: user.to_owned(),
             text: text.to_owned(),
             cid: cid.to_owned(),
-            traceparent: String::new(),
+            traceparent,
         };
         if !self.send(Out::Publish(publish)) {
             self.lock().pending.remove(&request_id);

@@ -54,6 +54,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// Tracks every socket task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Who is in each room, across gateways.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 /// The per-socket logic.
@@ -99,6 +101,7 @@ impl Handler {
         for room in std::mem::take(&mut handler.rooms) {
             handler.shared.hub.leave(&room, handler.id);
         }
+        handler.shared.presence.socket_closed(handler.id);
         handler.shared.sockets.remove(id);
         handler.shared.limits.close_socket(handler.session.user.as_str());
         // The writer sends the close frame (the first reason given wins) and
@@ -180,13 +183,17 @@ impl Handler {
                 if since.is_some() {
                     metrics::resumed();
                 }
-                self.queue("joined", ServerFrame::Joined { room: &room }.encode()).await;
+                let user = self.session.user.as_str();
+                let members = self.shared.presence.join(&room, user, self.id, &self.mailbox).await;
+                self.queue("joined", ServerFrame::Joined { room: &room, members: &members }.encode()).await;
+                self.shared.presence.joined(&room, self.id);
                 self.shared.hub.join(&room, self.id, self.mailbox.clone(), since);
                 self.rooms.insert(room);
             }
             ClientFrame::Leave { room } => {
                 if self.rooms.remove(&room) {
                     self.shared.hub.leave(&room, self.id);
+                    self.shared.presence.leave(&room, self.id);
                 }
                 self.queue("left", ServerFrame::Left { room: &room }.encode()).await;
             }
@@ -226,9 +233,13 @@ impl Handler {
     fn spawn_send(&self, room: String, text: String, cid: String) {
         let (upstream, mailbox) = (self.shared.upstream.clone(), self.mailbox.clone());
         let user = self.session.user.as_str().to_owned();
-        self.shared.tracker.spawn(async move {
+        // One span per send; its context travels to the bridge, into the
+        // broker and back to every gateway that delivers the message.
+        let span = tracing::info_span!("ws.send", socket = self.id);
+        let traceparent = ops::telemetry::traceparent_of(&span);
+        let send = async move {
             let started = std::time::Instant::now();
-            let (kind, reply) = match upstream.publish(&room, &user, &text, &cid).await {
+            let (kind, reply) = match upstream.publish(&room, &user, &text, &cid, traceparent).await {
                 Ok(id) => ("ack", ServerFrame::Ack { cid: &cid, id }.encode()),
                 Err(failure) => {
                     let error = ServerFrame::Error {
@@ -243,7 +254,8 @@ impl Handler {
             metrics::send_answered(started.elapsed());
             metrics::frame_out(kind);
             mailbox.send(reply).await;
-        });
+        };
+        self.shared.tracker.spawn(tracing::Instrument::instrument(send, span));
     }
 
     /// Queues a reply, waiting for room if the queue is full: replies are

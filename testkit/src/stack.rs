@@ -147,6 +147,8 @@ pub struct Extras {
     pub drain_window: Option<Duration>,
     /// More environment for every gateway (limits, say).
     pub gateway_env: Vec<(String, String)>,
+    /// More environment for every gateway and bridge (tracing, say).
+    pub common_env: Vec<(String, String)>,
 }
 
 /// A running stack.
@@ -164,6 +166,7 @@ pub struct Stack {
     amqp: String,
     drain_window: Duration,
     gateway_env: Vec<(String, String)>,
+    common_env: Vec<(String, String)>,
     _dir: TempDir,
 }
 
@@ -186,7 +189,7 @@ impl Stack {
         let amqp = extras.amqp_url.unwrap_or_else(amqp_url);
         let mut bridges = Vec::new();
         for index in 0..shape.bridges {
-            bridges.push(spawn_bridge(index + 1, free_addr()?, free_addr()?, &amqp).await?);
+            bridges.push(spawn_bridge(index + 1, free_addr()?, free_addr()?, &amqp, &extras.common_env).await?);
         }
         let drain_window = extras.drain_window.unwrap_or(Duration::from_secs(2));
         let mut stack = Self {
@@ -197,7 +200,8 @@ impl Stack {
             redis,
             amqp,
             drain_window,
-            gateway_env: extras.gateway_env,
+            gateway_env: [extras.common_env.clone(), extras.gateway_env].concat(),
+            common_env: extras.common_env,
             _dir: dir,
         };
         for index in 0..shape.gateways {
@@ -274,7 +278,7 @@ impl Stack {
             let bridge = self.bridges.get(index).context("no such bridge")?;
             (bridge.addr, bridge.admin)
         };
-        let bridge = spawn_bridge(index + 1, addr, admin, &self.amqp).await?;
+        let bridge = spawn_bridge(index + 1, addr, admin, &self.amqp, &self.common_env).await?;
         self.bridges[index] = bridge;
         Ok(())
     }
@@ -295,17 +299,24 @@ impl Stack {
 /// # Errors
 /// When it does not become ready in time.
 pub async fn start_bridge(n: usize) -> anyhow::Result<Bridge> {
-    spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url()).await
+    spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url(), &[]).await
 }
 
-async fn spawn_bridge(n: usize, addr: SocketAddr, admin: SocketAddr, amqp: &str) -> anyhow::Result<Bridge> {
+async fn spawn_bridge(
+    n: usize,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    amqp: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<Bridge> {
     let mut command = Command::new(bin_dir().join("warren-bridge"));
     command
         .env("BRIDGE_LISTEN", addr.to_string())
         .env("BRIDGE_ADMIN_LISTEN", admin.to_string())
         .env("BRIDGE_INSTANCE", format!("bridge-{n}"))
         .env("BRIDGE_AMQP_URL", amqp)
-        .env("BRIDGE_SHUTDOWN_GRACE", "3s");
+        .env("BRIDGE_SHUTDOWN_GRACE", "3s")
+        .envs(env.iter().map(|(key, value)| (key, value)));
     let process = Process::spawn(&format!("bridge-{n}"), command)?;
     wait_ready(admin).await.with_context(|| format!("bridge-{n} never became ready"))?;
     Ok(Bridge { process, addr, admin })

@@ -4,9 +4,10 @@
 //
 // The URL is the load balancer in front of several gateways. The test logs in
 // through the form (after checking a bad name is refused with 400), checks a
-// reload keeps the session, puts two users on different gateways, and checks
-// messages cross between them as literal text and get acked. Uses the system
-// Chromium ($CHROMIUM or /usr/bin/chromium); nothing is downloaded.
+// reload keeps the session, puts two users on different gateways, checks each
+// sees the other in the room's member list, and checks messages cross between
+// them as literal text and get acked. Uses the system Chromium ($CHROMIUM or
+// /usr/bin/chromium); nothing is downloaded.
 // Prints "browser e2e: ok" and exits 0, or prints why and exits 1.
 
 import { parseArgs } from 'node:util';
@@ -139,6 +140,17 @@ async function expectAcked(page, text, label) {
   ), text).catch(() => fail(`${label}: own message ${JSON.stringify(text)} not acked in 10 s`));
 }
 
+/** Waits until `page`'s member list shows every one of `users` (an `li` each, the name as its text). */
+async function expectMembers(page, users, label) {
+  await page.waitForFunction((us) => {
+    const shown = [...document.querySelectorAll('#members li')].map((li) => li.textContent);
+    return us.every((u) => shown.includes(u));
+  }, users).catch(async () => {
+    const shown = await page.$$eval('#members li', (lis) => lis.map((li) => li.textContent));
+    fail(`${label}: #members shows ${JSON.stringify(shown)}, not all of ${JSON.stringify(users)}`);
+  });
+}
+
 async function run(base) {
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -160,6 +172,8 @@ async function run(base) {
   await login(b, base, bob, 'bob');
   const bobOn = await moveAwayFrom(b, bob, aliceOn, 'bob');
   console.log(`bob on ${bobOn}, alice on ${aliceOn}`);
+  await expectMembers(a, [alice, bob], 'alice');
+  await expectMembers(b, [alice, bob], 'bob');
 
   const fromBob = `<b>not bold</b> <script>x</script> ${token()}`;
   await sendMessage(b, fromBob);
