@@ -117,11 +117,21 @@ async fn read_history(
         }
         Ok::<_, BridgeError>(())
     };
-    // A timeout returns what was read: the caller asks again after the last id.
-    if let Ok(result) = tokio::time::timeout(HISTORY_TIMEOUT, read).await {
-        result?;
-    }
+    // A timeout returns what was read, and the caller asks again after the
+    // last id. A timeout before anything was read is an error, never an
+    // empty page: an empty page means "no message in this range", and the
+    // gateway would skip the range.
+    let timed_out = match tokio::time::timeout(HISTORY_TIMEOUT, read).await {
+        Ok(result) => {
+            result?;
+            false
+        }
+        Err(_) => true,
+    };
     consumer.close().await;
+    if timed_out && messages.is_empty() {
+        return Err(BridgeError::Timeout);
+    }
     Ok(messages)
 }
 

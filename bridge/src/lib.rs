@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use proto::warren::v1::bridge_server::BridgeServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,7 +86,11 @@ pub async fn run(
 
     let served = tonic::transport::Server::builder()
         .add_service(BridgeServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        // No Nagle: small frames must not wait for the peer's delayed ACK.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
     let mut served = std::pin::pin!(served);
     let mut deadline = tokio::time::Instant::now() + config.shutdown_grace;
     let result = tokio::select! {

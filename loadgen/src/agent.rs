@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ops::backoff::Backoff;
@@ -42,6 +43,40 @@ pub struct Run {
     pub stop_sending: CancellationToken,
     /// Cancelled when users should disconnect and report.
     pub stop: CancellationToken,
+    /// What the users are doing now, for runs that wait on them.
+    pub live: Arc<Live>,
+}
+
+/// Counts kept up to date while a run goes on.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Users whose socket is open and joined right now.
+    pub joined: AtomicUsize,
+    /// Reconnects after which the user has received a message again.
+    pub receiving_again: AtomicUsize,
+}
+
+impl Live {
+    /// Users whose socket is open and joined right now.
+    pub fn joined(&self) -> usize {
+        self.joined.load(Ordering::Relaxed)
+    }
+
+    /// Reconnects after which the user has received a message again.
+    pub fn receiving_again(&self) -> usize {
+        self.receiving_again.load(Ordering::Relaxed)
+    }
+}
+
+/// One reconnect, as it happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Resume {
+    /// When the old socket was lost (or left on a notice).
+    pub lost_at: Instant,
+    /// When the new socket was joined again.
+    pub joined_at: Instant,
+    /// The first message received on the new socket.
+    pub first_message_at: Option<Instant>,
 }
 
 /// One user's settings.
@@ -68,6 +103,8 @@ pub struct Report {
     pub reconnects: u64,
     /// For each replacement: from losing the socket to being joined again.
     pub reconnect_times: Vec<Duration>,
+    /// Each replacement's moments.
+    pub resumes: Vec<Resume>,
     /// Sends still unacked at the end.
     pub unacked: usize,
 }
@@ -94,6 +131,9 @@ struct Agent {
     report: Report,
     unacked: BTreeMap<String, Pending>,
     sent: u64,
+    /// When the next new message is due; kept across reconnects, as a
+    /// person keeps typing while the page reconnects.
+    next_send: Option<Instant>,
     backoff: Backoff,
 }
 
@@ -107,6 +147,7 @@ pub async fn run(run: Run, profile: Profile) -> Report {
         report,
         unacked: BTreeMap::new(),
         sent: 0,
+        next_send: None,
         backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(20)),
     };
     agent.live().await;
@@ -128,9 +169,12 @@ impl Agent {
             if let Some(at) = lost_at.take() {
                 self.report.reconnects += 1;
                 self.report.reconnect_times.push(at.elapsed());
+                self.report.resumes.push(Resume { lost_at: at, joined_at: Instant::now(), first_message_at: None });
             }
             self.backoff.reset();
+            self.run.live.joined.fetch_add(1, Ordering::Relaxed);
             let ended = self.converse(socket).await;
+            self.run.live.joined.fetch_sub(1, Ordering::Relaxed);
             lost_at = Some(Instant::now());
             match ended {
                 Ended::Stop => return,
@@ -198,10 +242,11 @@ impl Agent {
                 return None;
             }
         };
-        let mut join = json!({ "type": "join", "room": self.profile.room });
-        if let Some(since) = self.report.received.last_id() {
-            join["since"] = since.into();
-        }
+        // `since` is the last id seen; on the first join 0, which asks for
+        // everything the room holds: every acked message of the run is then
+        // expected, including those sent before this user's join took effect.
+        let since = self.report.received.last_id().unwrap_or(0);
+        let join = json!({ "type": "join", "room": self.profile.room, "since": since });
         let ready = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             wait_for(&mut socket, "welcome").await?;
             socket.send(&join).then_some(())?;
@@ -223,7 +268,8 @@ impl Agent {
 
     /// Chats on one socket until it ends.
     async fn converse(&mut self, mut socket: Socket) -> Ended {
-        let mut next_send = Instant::now() + self.jittered_interval();
+        let mut next_send = self.next_send.unwrap_or_else(|| Instant::now() + self.jittered_interval());
+        self.next_send = Some(next_send);
         let mut resend = tokio::time::interval(Duration::from_secs(1));
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut last_frame = Instant::now();
@@ -243,6 +289,7 @@ impl Agent {
                 () = tokio::time::sleep_until(next_send.into()), if sending => {
                     self.send_new(&socket);
                     next_send = Instant::now() + self.jittered_interval();
+                    self.next_send = Some(next_send);
                 }
                 _ = ping.tick() => {
                     socket.send(&json!({ "type": "ping" }));
@@ -273,6 +320,12 @@ impl Agent {
                 };
                 let sending = !self.run.stop_sending.is_cancelled();
                 self.report.received.record(id, user, cid, sending);
+                if let Some(resume) = self.report.resumes.last_mut()
+                    && resume.first_message_at.is_none()
+                {
+                    resume.first_message_at = Some(Instant::now());
+                    self.run.live.receiving_again.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Some("ack") => {
                 if let (Some(cid), Some(id)) = (frame["cid"].as_str(), frame["id"].as_u64())

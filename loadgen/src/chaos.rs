@@ -75,8 +75,13 @@ where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     let ledger = Arc::new(Ledger::default());
-    let run =
-        Run { front, ledger: ledger.clone(), stop_sending: CancellationToken::new(), stop: CancellationToken::new() };
+    let run = Run {
+        front,
+        ledger: ledger.clone(),
+        stop_sending: CancellationToken::new(),
+        stop: CancellationToken::new(),
+        live: Arc::default(),
+    };
     let prefix = testkit::unique("chaos");
     let mut users = JoinSet::new();
     for n in 0..load.clients {
@@ -122,9 +127,14 @@ pub fn judge(clients: usize, ledger: &Ledger, reports: &[Report]) -> Verdict {
     let mut times: Vec<Duration> = Vec::new();
     for report in reports {
         let acked = ledger.acked_in(&report.room);
-        let missing = acked.keys().filter(|id| !report.received.ids.contains(id)).count();
+        let missed: Vec<u64> = acked.keys().filter(|id| !report.received.ids.contains(id)).copied().collect();
+        let missing = missed.len();
         if missing > 0 {
-            tracing::warn!(room = %report.room, missing, "a user missed acked messages");
+            let mut got: Vec<u64> = report.received.ids.iter().copied().collect();
+            got.sort_unstable();
+            let first = missed[0];
+            let around: Vec<u64> = got.iter().copied().filter(|id| id + 5 >= first && *id <= first + 25).collect();
+            tracing::warn!(room = %report.room, missing, ?missed, ?around, reconnects = report.reconnects, "a user missed acked messages");
         }
         lost += missing as u64;
         times.extend(&report.reconnect_times);

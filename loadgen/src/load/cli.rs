@@ -1,0 +1,348 @@
+//! The command line of `warren-load`: one subcommand per scenario, the
+//! target options they share, and the summary they print.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::ensure;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::load::procs::Watched;
+use crate::load::target::{Target, TargetSpec};
+use crate::load::{drain, fanout, idle, storm};
+
+/// Bounded load runs against Warren, on loopback: a progress line per
+/// second on stderr, a JSON summary on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "warren-load", version, about)]
+pub struct Args {
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Subscribers in rooms, publishers at a rate: deliveries/s, latency,
+    /// missing and duplicates; `--step` finds the saturation rate.
+    Fanout(FanoutArgs),
+    /// Many authenticated sockets held: setup rate, failures, gateway RSS
+    /// per socket.
+    Idle(IdleArgs),
+    /// Logged-in clients connecting at once: handshakes/s, time to welcome.
+    Storm(StormArgs),
+    /// Clients on one gateway that is sent SIGTERM: time until all are back
+    /// and receiving, messages missed.
+    Drain(DrainArgs),
+}
+
+/// Where the clients go, shared by every scenario.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// An existing HAProxy or gateway address (host:port on loopback); a
+    /// comma-separated list of gateways spreads clients over them. Without
+    /// it, a stack of our own is started (binaries from WARREN_BIN_DIR, or
+    /// next to this one).
+    #[arg(long, value_delimiter = ',', value_parser = parse_addr)]
+    pub url: Vec<SocketAddr>,
+    /// Our stack: gateways (default: 2 for fanout, 1 otherwise).
+    #[arg(long)]
+    pub gateways: Option<usize>,
+    /// Our stack: bridges.
+    #[arg(long, default_value_t = 1)]
+    pub bridges: usize,
+    /// Our stack: put HAProxy in front and go through it (drain always does).
+    #[arg(long)]
+    pub haproxy: bool,
+    /// Our stack: its own Redis and RabbitMQ on free ports, not the shared
+    /// ones (WARREN_REDIS_URL, WARREN_AMQP_URL); their CPU is then measured too.
+    #[arg(long)]
+    pub private_services: bool,
+    /// Another process to measure, as name=pid (repeatable); a name starting
+    /// with `gw` counts as a gateway, `bridge` as a bridge.
+    #[arg(long = "watch", value_parser = parse_watch)]
+    pub watch: Vec<Watched>,
+    /// Times to repeat the measurement (the summary has each and the medians).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub runs: u16,
+    /// Give up on the whole invocation after this long.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_time: Duration,
+}
+
+/// `fanout`.
+#[derive(Debug, clap::Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Subscribers.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Publishers.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Rooms the subscribers are spread over.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// How long each run sends.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Length of each message's text.
+    #[arg(long, default_value_t = 64)]
+    text_bytes: usize,
+    /// After sending stops, the longest wait for the last deliveries.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Logins and socket opens at a time.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Local source addresses 127.0.0.2, 127.0.0.3, ... (0: one per 10,000 sockets).
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
+    /// Unacked sends allowed over all publishers.
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: usize,
+    /// Raise the rate step by step until p99 passes --p99-limit or
+    /// deliveries fall behind; then run --runs times at half that rate.
+    #[arg(long)]
+    step: bool,
+    /// Step mode: the first rate.
+    #[arg(long, default_value_t = 20.0)]
+    step_start: f64,
+    /// Step mode: each next rate is this many times the last.
+    #[arg(long, default_value_t = 1.5)]
+    step_factor: f64,
+    /// Step mode: how long each step sends.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    step_duration: Duration,
+    /// Step mode: never beyond this rate.
+    #[arg(long, default_value_t = 50_000.0)]
+    max_rate: f64,
+    /// Step mode: a step with a p99 above this has failed.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    p99_limit: Duration,
+    /// Step mode: halvings between the last good and the failed rate.
+    #[arg(long, default_value_t = 2)]
+    refine: usize,
+}
+
+/// `idle`.
+#[derive(Debug, clap::Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Sockets to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Local source addresses 127.0.0.2, ... (0: one per 10,000 sockets).
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
+    /// Sockets opening at a time.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// How long all are held before memory is read.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+}
+
+/// `storm`.
+#[derive(Debug, clap::Args)]
+pub struct StormArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Clients connecting at once.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Local source addresses 127.0.0.2, ... (0: one per 10,000 sockets).
+    #[arg(long, default_value_t = 0)]
+    sources: usize,
+    /// Logins at a time, before the storm.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+}
+
+/// `drain`.
+#[derive(Debug, clap::Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Clients on the gateway that is drained.
+    #[arg(long, default_value_t = 500)]
+    clients: usize,
+    /// Clients per room.
+    #[arg(long, default_value_t = 20)]
+    room_size: usize,
+    /// Messages per second, all clients together.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// The gateways' drain window (our stack).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_window: Duration,
+    /// After everyone is back, how long clients keep sending and listening.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// With --url: the process id of the gateway to send SIGTERM.
+    #[arg(long)]
+    drain_pid: Option<u32>,
+}
+
+/// Accepts `host:port` or `http://host:port`.
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    let bare = value.trim_start_matches("http://").trim_end_matches('/');
+    bare.parse().map_err(|e| format!("expected host:port: {e}"))
+}
+
+/// `name=pid`.
+fn parse_watch(value: &str) -> Result<Watched, String> {
+    let (name, pid) = value.split_once('=').ok_or("expected name=pid")?;
+    Ok(Watched { name: name.to_owned(), pid: pid.parse().map_err(|e| format!("pid: {e}"))? })
+}
+
+/// The most clients, subscribers or sockets one invocation takes.
+const MAX_CLIENTS: usize = 200_000;
+
+impl TargetArgs {
+    fn spec(&self, gateways: usize) -> TargetSpec {
+        TargetSpec {
+            urls: self.url.clone(),
+            gateways: self.gateways.unwrap_or(gateways),
+            bridges: self.bridges,
+            haproxy: self.haproxy,
+            private_services: self.private_services,
+            watch: self.watch.clone(),
+            ..TargetSpec::default()
+        }
+    }
+}
+
+/// Runs the scenario and returns its summary, with the target and the
+/// machine's load before and after.
+///
+/// # Errors
+/// When the target does not start, the run fails, or `--max-time` passes.
+pub async fn run(args: Args) -> anyhow::Result<Value> {
+    let (target_args, spec) = match &args.scenario {
+        Scenario::Fanout(a) => (&a.target, a.target.spec(2)),
+        Scenario::Idle(a) => (&a.target, a.target.spec(1)),
+        Scenario::Storm(a) => (&a.target, a.target.spec(1)),
+        Scenario::Drain(a) => {
+            let spec = TargetSpec {
+                gateways: 1,
+                spare_gateways: 1,
+                haproxy: true,
+                drain_window: a.drain_window,
+                ..a.target.spec(1)
+            };
+            (&a.target, spec)
+        }
+    };
+    let runs = usize::from(target_args.runs);
+    let loadavg_start = loadavg();
+    let work = async {
+        let mut target = Target::start(&spec).await?;
+        let mut summary = dispatch(&args.scenario, &mut target, runs).await?;
+        summary["target"] = target.describe(&spec);
+        Ok::<_, anyhow::Error>(summary)
+    };
+    let mut summary = tokio::time::timeout(target_args.max_time, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("gave up after --max-time {:?}", target_args.max_time))??;
+    summary["machine"] = json!({
+        "nproc": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+        "loadavg_start": loadavg_start,
+        "loadavg_end": loadavg(),
+    });
+    Ok(summary)
+}
+
+async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyhow::Result<Value> {
+    match scenario {
+        Scenario::Fanout(a) => {
+            ensure!(a.subscribers + a.publishers <= MAX_CLIENTS, "at most {MAX_CLIENTS} sockets");
+            ensure!(a.duration <= Duration::from_secs(3600) && a.step_duration <= Duration::from_secs(600));
+            ensure!(a.step_factor > 1.0 && a.rate > 0.0 && a.step_start > 0.0, "rates must grow and be positive");
+            let params = fanout::Params {
+                subscribers: a.subscribers,
+                publishers: a.publishers,
+                rooms: a.rooms,
+                rate: a.rate,
+                duration: a.duration,
+                runs,
+                text_bytes: a.text_bytes,
+                settle: a.settle,
+                concurrency: a.concurrency,
+                sources: a.sources,
+                max_in_flight: a.max_in_flight,
+                step: a.step.then_some(fanout::Step {
+                    start: a.step_start,
+                    factor: a.step_factor,
+                    duration: a.step_duration,
+                    max_rate: a.max_rate,
+                    p99_limit: a.p99_limit,
+                    refine: a.refine,
+                }),
+            };
+            fanout::run(target, &params).await
+        }
+        Scenario::Idle(a) => {
+            ensure!(a.clients <= MAX_CLIENTS && a.hold <= Duration::from_secs(3600), "too big");
+            let params =
+                idle::Params { clients: a.clients, sources: a.sources, concurrency: a.concurrency, hold: a.hold, runs };
+            idle::run(target, &params).await
+        }
+        Scenario::Storm(a) => {
+            ensure!(a.clients <= MAX_CLIENTS, "at most {MAX_CLIENTS} clients");
+            let params = storm::Params { clients: a.clients, sources: a.sources, concurrency: a.concurrency, runs };
+            storm::run(target, &params).await
+        }
+        Scenario::Drain(a) => {
+            ensure!(a.clients <= MAX_CLIENTS && a.rate > 0.0, "at most {MAX_CLIENTS} clients, rate above 0");
+            let params = drain::Params {
+                clients: a.clients,
+                room_size: a.room_size,
+                rate: a.rate,
+                drain_window: a.drain_window,
+                settle: a.settle,
+                runs,
+                drain_pid: a.drain_pid,
+            };
+            drain::run(target, &params).await
+        }
+    }
+}
+
+/// `/proc/loadavg`'s first three numbers.
+fn loadavg() -> Vec<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).filter_map(|n| n.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets_and_watches() {
+        let args = Args::try_parse_from([
+            "warren-load",
+            "fanout",
+            "--url",
+            "127.0.0.1:8081,http://127.0.0.1:8082/",
+            "--watch",
+            "gw-1=42",
+            "--step",
+        ])
+        .expect("parses");
+        let Scenario::Fanout(fanout) = args.scenario else { panic!("fanout") };
+        assert_eq!(fanout.target.url.len(), 2);
+        assert_eq!(fanout.target.watch, vec![Watched { name: "gw-1".into(), pid: 42 }]);
+        assert!(fanout.step);
+        assert!(Args::try_parse_from(["warren-load", "idle", "--runs", "0"]).is_err());
+        assert!(Args::try_parse_from(["warren-load", "storm", "--watch", "x"]).is_err());
+    }
+}

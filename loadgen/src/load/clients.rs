@@ -1,0 +1,284 @@
+//! What the load runs' clients share: logins, source addresses, the few
+//! frame fields they read, failure counts and the clock in the messages.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use testkit::http::Client;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::load::target::Target;
+use crate::socket::{Incoming, Reader};
+
+/// Sockets per source address by default: well below the ~28 k ports one
+/// address reaches towards one server port.
+pub const SOCKETS_PER_SOURCE: usize = 10_000;
+/// The first source address; the next ones follow (127.0.0.3, ...).
+pub const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// Now, in µs since the Unix epoch: the clock carried in messages (sender
+/// and receiver share the machine, so they share the clock).
+pub fn unix_micros() -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(now.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The local addresses sockets are opened from, in turn.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    addrs: Vec<IpAddr>,
+}
+
+impl Sources {
+    /// `count` addresses from [`FIRST_SOURCE`] on; none (the kernel's
+    /// choice, 127.0.0.1) for 0.
+    ///
+    /// # Errors
+    /// When they would leave 127.0.0.0/8.
+    pub fn new(count: usize) -> anyhow::Result<Self> {
+        let first = u32::from(FIRST_SOURCE);
+        let last = first + u32::try_from(count).unwrap_or(u32::MAX).saturating_sub(1);
+        if count > 0 && last > u32::from(Ipv4Addr::new(127, 255, 255, 254)) {
+            bail!("{count} source addresses leave 127.0.0.0/8");
+        }
+        let addrs = (0..count).map(|i| IpAddr::V4(Ipv4Addr::from(first + i as u32))).collect();
+        Ok(Self { addrs })
+    }
+
+    /// Enough addresses for `sockets` (one per [`SOCKETS_PER_SOURCE`]).
+    ///
+    /// # Errors
+    /// As [`Sources::new`].
+    pub fn for_sockets(sockets: usize) -> anyhow::Result<Self> {
+        Self::new(sockets.div_ceil(SOCKETS_PER_SOURCE).max(1))
+    }
+
+    /// The address of socket `index`.
+    pub fn pick(&self, index: usize) -> Option<IpAddr> {
+        (!self.addrs.is_empty()).then(|| self.addrs[index % self.addrs.len()])
+    }
+
+    /// How many addresses are used.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether the kernel picks the address.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+}
+
+/// Fails early when this process cannot hold `sockets` more descriptors.
+///
+/// # Errors
+/// When the open-files limit is too low.
+pub fn check_fd_budget(sockets: usize) -> anyhow::Result<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(soft) = soft
+        && sockets + 200 > soft
+    {
+        bail!(
+            "{sockets} sockets need more than this process's {soft} open files: split the run over \
+             several warren-load processes, or raise the limit"
+        );
+    }
+    Ok(())
+}
+
+/// Logs every user in (`POST /login`, a few tries each), `concurrency` at a
+/// time, user `i` at `target.front(i)`; returns their cookies in order.
+///
+/// # Errors
+/// When a user cannot log in after its tries.
+pub async fn login_all(target: &Target, users: &[String], concurrency: usize) -> anyhow::Result<Vec<String>> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for (index, user) in users.iter().enumerate() {
+        let (front, user, permits) = (target.front(index), user.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let mut client = Client::new(front);
+            let mut last = None;
+            for attempt in 0..5_u32 {
+                match client.login(&user).await {
+                    Ok(_) => return Ok((index, client.cookie.unwrap_or_default())),
+                    Err(error) => last = Some(error),
+                }
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no try made"))).with_context(|| format!("log in {user}"))
+        });
+    }
+    let mut cookies = vec![String::new(); users.len()];
+    while let Some(done) = tasks.join_next().await {
+        let (index, cookie) = done.context("a login task panicked")??;
+        cookies[index] = cookie;
+    }
+    Ok(cookies)
+}
+
+/// The fields of a server frame that the load runs read; borrowed from
+/// the payload where it has no escapes.
+#[derive(Debug, Deserialize)]
+pub struct ServerFrame<'a> {
+    /// `type`.
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// A message's or an ack's id.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// A message's text.
+    #[serde(default, borrow)]
+    pub text: Option<Cow<'a, str>>,
+    /// The send an ack or error answers.
+    #[serde(default, borrow)]
+    pub cid: Option<Cow<'a, str>>,
+    /// An error's code.
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+}
+
+/// Parses a text frame; `None` when it is not such an object.
+pub fn parse(payload: &[u8]) -> Option<ServerFrame<'_>> {
+    serde_json::from_slice(payload).ok()
+}
+
+/// Reads until a frame of type `kind`, within `limit`.
+///
+/// # Errors
+/// A short reason when the socket closes, or `limit` passes first.
+pub async fn await_type(reader: &mut Reader, kind: &str, limit: Duration) -> Result<(), String> {
+    let wait = async {
+        loop {
+            match reader.next().await {
+                Incoming::Text(payload) => {
+                    if let Some(frame) = parse(&payload) {
+                        if frame.kind == kind {
+                            return Ok(());
+                        }
+                        if frame.kind == "error" {
+                            return Err(format!("error {}", frame.code.unwrap_or_default()));
+                        }
+                    }
+                }
+                Incoming::Closed(code) => return Err(format!("closed ({code:?}) before {kind}")),
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| Err(format!("no {kind} within {limit:?}")))
+}
+
+/// Failures by reason, from many tasks.
+#[derive(Debug, Default)]
+pub struct Failures {
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Failures {
+    /// Counts one failure.
+    pub fn add(&self, reason: impl Into<String>) {
+        *self.counts.lock().unwrap_or_else(PoisonError::into_inner).entry(reason.into()).or_default() += 1;
+    }
+
+    /// Failures so far, by reason.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// How many in all.
+    pub fn total(&self) -> u64 {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).values().sum()
+    }
+}
+
+/// A set of message ids, as a bitmap (ids of a fresh room start at 1 and
+/// are dense); ids past 2^26 go to a side set.
+#[derive(Debug, Default, Clone)]
+pub struct IdSet {
+    words: Vec<u64>,
+    far: std::collections::BTreeSet<u64>,
+}
+
+const DENSE_IDS: u64 = 1 << 26;
+
+impl IdSet {
+    /// Adds an id; false when it was already there.
+    pub fn insert(&mut self, id: u64) -> bool {
+        if id >= DENSE_IDS {
+            return self.far.insert(id);
+        }
+        let (word, bit) = ((id / 64) as usize, id % 64);
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let fresh = self.words[word] & (1 << bit) == 0;
+        self.words[word] |= 1 << bit;
+        fresh
+    }
+
+    /// How many ids.
+    pub fn len(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() + self.far.len() as u64
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many of these ids `other` lacks.
+    pub fn missing_from(&self, other: &Self) -> u64 {
+        let dense: u64 = self
+            .words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| u64::from((w & !other.words.get(i).copied().unwrap_or(0)).count_ones()))
+            .sum();
+        dense + self.far.difference(&other.far).count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_sets() {
+        let (mut all, mut seen) = (IdSet::default(), IdSet::default());
+        for id in [1, 2, 3, 64, 65, 1 << 27] {
+            assert!(all.insert(id));
+        }
+        assert!(!all.insert(3));
+        for id in [1, 3, 65] {
+            seen.insert(id);
+        }
+        assert_eq!(all.len(), 6);
+        assert_eq!(all.missing_from(&seen), 3);
+        assert_eq!(seen.missing_from(&all), 0);
+    }
+
+    #[test]
+    fn frames_and_sources() {
+        let frame = parse(br#"{"type":"message","room":"r","id":7,"user":"u","text":"t=1 e=0","ts":1,"cid":"c"}"#)
+            .expect("parses");
+        assert_eq!((frame.kind.as_ref(), frame.id, frame.text.as_deref()), ("message", Some(7), Some("t=1 e=0")));
+        assert!(parse(b"[1]").is_none());
+        let sources = Sources::for_sockets(25_000).expect("fits");
+        assert_eq!(sources.len(), 3);
+        assert_eq!(sources.pick(4), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))));
+        assert!(Sources::new(0).expect("none").pick(0).is_none());
+        assert!(Sources::new(1 << 25).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Where a run's clients go, and which processes it measures: addresses
+//! someone else runs (HAProxy, or gateways to spread over directly), or a
+//! stack of our own started with `testkit` (binaries from `WARREN_BIN_DIR`),
+//! optionally on a private Redis and RabbitMQ so that nothing else on the
+//! machine shares them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use testkit::services::{RabbitNode, RedisServer};
+use testkit::stack::{Extras, Shape, Stack};
+
+use crate::load::procs::{self, Watched};
+
+/// The gateway limits of a stack we start: far above any run, so that a
+/// run measures the gateway, not its abuse limits (which exist for one
+/// browser, not for a load generator on one address).
+pub const RAISED_LIMITS: &[(&str, &str)] = &[
+    ("GATEWAY_MAX_SOCKETS", "1000000"),
+    ("GATEWAY_MAX_SOCKETS_PER_USER", "1000"),
+    ("GATEWAY_MAX_ROOMS_PER_SOCKET", "1000"),
+    ("GATEWAY_SEND_RATE", "1000000"),
+    ("GATEWAY_USER_SEND_RATE", "1000000"),
+    ("GATEWAY_HANDSHAKE_RATE", "1000000"),
+];
+
+/// What to run against.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// Existing addresses (an HAProxy, or gateways to spread over); empty
+    /// to start a stack of our own.
+    pub urls: Vec<SocketAddr>,
+    /// Our stack: gateways started at once.
+    pub gateways: usize,
+    /// Our stack: gateways HAProxy knows of but that start later.
+    pub spare_gateways: usize,
+    /// Our stack: bridges.
+    pub bridges: usize,
+    /// Our stack: HAProxy in front (clients then go through it).
+    pub haproxy: bool,
+    /// Our stack: its own Redis and RabbitMQ instead of the shared ones.
+    pub private_services: bool,
+    /// Our stack: the gateways' drain window.
+    pub drain_window: Duration,
+    /// More processes to measure (`--watch name=pid`).
+    pub watch: Vec<Watched>,
+}
+
+impl Default for TargetSpec {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            gateways: 1,
+            spare_gateways: 0,
+            bridges: 1,
+            haproxy: false,
+            private_services: false,
+            drain_window: Duration::from_secs(10),
+            watch: Vec::new(),
+        }
+    }
+}
+
+/// A stack we started, and its services when private.
+#[derive(Debug)]
+pub struct Own {
+    /// Bridges, gateways, HAProxy.
+    pub stack: Stack,
+    /// Its Redis, when private.
+    pub redis: Option<RedisServer>,
+    /// Its RabbitMQ node, when private.
+    pub rabbit: Option<RabbitNode>,
+}
+
+/// The addresses clients use, and the processes behind them.
+#[derive(Debug)]
+pub struct Target {
+    fronts: Vec<SocketAddr>,
+    /// Our own stack, when we started one.
+    pub own: Option<Own>,
+    watch: Vec<Watched>,
+}
+
+impl Target {
+    /// Uses `spec.urls`, or starts a stack.
+    ///
+    /// # Errors
+    /// When an address is not on loopback, or the stack does not start.
+    pub async fn start(spec: &TargetSpec) -> anyhow::Result<Self> {
+        if !spec.urls.is_empty() {
+            for url in &spec.urls {
+                ensure!(url.ip().is_loopback(), "{url}: load runs target loopback addresses only");
+            }
+            return Ok(Self { fronts: spec.urls.clone(), own: None, watch: spec.watch.clone() });
+        }
+        let (redis, rabbit) = if spec.private_services {
+            let redis = RedisServer::start().await.context("start a private Redis")?;
+            let rabbit = RabbitNode::start().await.context("start a private RabbitMQ")?;
+            (Some(redis), Some(rabbit))
+        } else {
+            (None, None)
+        };
+        let extras = Extras {
+            redis_url: redis.as_ref().map(RedisServer::url),
+            amqp_url: rabbit.as_ref().map(RabbitNode::url),
+            spare_gateways: spec.spare_gateways,
+            drain_window: Some(spec.drain_window),
+            gateway_env: RAISED_LIMITS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..Extras::default()
+        };
+        let shape = Shape { bridges: spec.bridges, gateways: spec.gateways, haproxy: spec.haproxy };
+        let stack = Stack::start_with(shape, extras).await.context("start the stack")?;
+        let fronts = match &stack.haproxy {
+            Some((_, front)) => vec![*front],
+            None => stack.gateways.iter().map(|g| g.addr).collect(),
+        };
+        Ok(Self { fronts, own: Some(Own { stack, redis, rabbit }), watch: spec.watch.clone() })
+    }
+
+    /// The address client `index` uses (round robin).
+    pub fn front(&self, index: usize) -> SocketAddr {
+        self.fronts[index % self.fronts.len()]
+    }
+
+    /// Every address clients use.
+    pub fn fronts(&self) -> &[SocketAddr] {
+        &self.fronts
+    }
+
+    /// The processes to measure now: our stack's (gateways, bridges,
+    /// HAProxy, private services), the ones given, and this one.
+    pub fn watched(&self) -> Vec<Watched> {
+        let mut out = Vec::new();
+        let mut add = |name: &str, pid: Option<u32>| {
+            if let Some(pid) = pid {
+                out.push(Watched { name: name.to_owned(), pid });
+            }
+        };
+        if let Some(own) = &self.own {
+            for gateway in &own.stack.gateways {
+                add(&gateway.instance, gateway.process.pid());
+            }
+            for (index, bridge) in own.stack.bridges.iter().enumerate() {
+                add(&format!("bridge-{}", index + 1), bridge.process.pid());
+            }
+            if let Some((haproxy, _)) = &own.stack.haproxy {
+                add("haproxy", haproxy.pid());
+            }
+            add("redis", own.redis.as_ref().and_then(RedisServer::pid));
+            add("rabbitmq", own.rabbit.as_ref().and_then(RabbitNode::pid));
+        }
+        out.extend(self.watch.iter().cloned());
+        out.push(Watched { name: "warren-load".to_owned(), pid: std::process::id() });
+        out
+    }
+
+    /// The summed RSS of the gateways we can see (names starting `gw`), KiB.
+    pub fn gateways_rss_kib(&self) -> Option<u64> {
+        let gateways: Vec<Watched> = self.watched().into_iter().filter(|w| w.name.starts_with("gw")).collect();
+        if gateways.is_empty() {
+            return None;
+        }
+        gateways.iter().map(|w| procs::rss_kib(w.pid)).sum()
+    }
+
+    /// Replaces every gateway of our stack with a fresh process (SIGKILL,
+    /// then started again on its ports), so that a run's memory figures
+    /// start from a new process. Does nothing for a stack we did not start.
+    ///
+    /// # Errors
+    /// When a gateway does not come back.
+    pub async fn fresh_gateways(&mut self) -> anyhow::Result<()> {
+        let Some(own) = self.own.as_mut() else { return Ok(()) };
+        for index in 0..own.stack.gateways.len() {
+            let process = &mut own.stack.gateways[index].process;
+            if process.pid().is_some() {
+                process.signal("KILL").await?;
+                process.wait(Duration::from_secs(10)).await?;
+            }
+            own.stack.restart_gateway(index).await?;
+        }
+        Ok(())
+    }
+
+    /// A description for the summary.
+    pub fn describe(&self, spec: &TargetSpec) -> serde_json::Value {
+        let fronts: Vec<String> = self.fronts.iter().map(ToString::to_string).collect();
+        match &self.own {
+            None => serde_json::json!({ "urls": fronts, "watched": self.watch }),
+            Some(_) => serde_json::json!({
+                "own_stack": {
+                    "gateways": spec.gateways,
+                    "spare_gateways": spec.spare_gateways,
+                    "bridges": spec.bridges,
+                    "haproxy": spec.haproxy,
+                    "private_services": spec.private_services,
+                    "drain_window_ms": spec.drain_window.as_millis() as u64,
+                    "raised_limits": RAISED_LIMITS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                },
+                "fronts": fronts,
+            }),
+        }
+    }
+}

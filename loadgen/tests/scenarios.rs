@@ -1,0 +1,145 @@
+//! Each `warren-load` scenario at a tiny size against a stack of its own
+//! (debug binaries from `target/debug`, the shared Redis and RabbitMQ): the
+//! summaries must add up. Nothing here is timed: figures come from
+//! `scripts/bench`.
+
+use std::time::Duration;
+
+use loadgen::load::target::{Target, TargetSpec};
+use loadgen::load::{drain, fanout, idle, storm};
+use serde_json::Value;
+
+fn fanout_params(step: Option<fanout::Step>) -> fanout::Params {
+    fanout::Params {
+        subscribers: 12,
+        publishers: 2,
+        rooms: 2,
+        rate: 20.0,
+        duration: Duration::from_secs(2),
+        runs: 1,
+        text_bytes: 64,
+        settle: Duration::from_secs(5),
+        concurrency: 16,
+        sources: 2,
+        max_in_flight: 1000,
+        step,
+    }
+}
+
+fn u64_at(summary: &Value, pointer: &str) -> u64 {
+    summary.pointer(pointer).and_then(Value::as_u64).unwrap_or_else(|| panic!("no {pointer} in {summary}"))
+}
+
+#[tokio::test]
+async fn fanout_delivers_every_message_once() -> anyhow::Result<()> {
+    let spec = TargetSpec { gateways: 2, ..TargetSpec::default() };
+    let target = Target::start(&spec).await?;
+    let summary = fanout::run(&target, &fanout_params(None)).await?;
+    assert_eq!(u64_at(&summary, "/setup/subscribers_joined"), 12, "{summary}");
+    let run = &summary["runs"][0];
+    assert!(u64_at(run, "/deliveries") > 0, "{summary}");
+    assert_eq!(u64_at(run, "/deliveries"), u64_at(run, "/expected"), "{summary}");
+    assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
+    assert!(u64_at(run, "/latency/count") > 0, "{summary}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn fanout_steps_report_a_saturation_rate() -> anyhow::Result<()> {
+    let target = Target::start(&TargetSpec::default()).await?;
+    let step = fanout::Step {
+        start: 10.0,
+        factor: 2.0,
+        duration: Duration::from_secs(1),
+        max_rate: 20.0,
+        // Generous: debug builds on a shared machine; the point is the shape.
+        p99_limit: Duration::from_secs(5),
+        refine: 0,
+    };
+    let params = fanout::Params { duration: Duration::from_secs(1), ..fanout_params(Some(step)) };
+    let summary = fanout::run(&target, &params).await?;
+    let steps = summary["steps"].as_array().map_or(0, Vec::len);
+    assert!((1..=2).contains(&steps), "{summary}");
+    if let Some(rate) = summary["saturation_rate"].as_f64() {
+        assert!(rate >= 10.0, "{summary}");
+        assert_eq!(summary["runs"].as_array().map(Vec::len), Some(1), "{summary}");
+    }
+    assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_opens_and_holds_every_socket_on_fresh_gateways() -> anyhow::Result<()> {
+    let mut target = Target::start(&TargetSpec::default()).await?;
+    let params = idle::Params { clients: 60, sources: 2, concurrency: 16, hold: Duration::from_millis(500), runs: 2 };
+    let summary = idle::run(&mut target, &params).await?;
+    for run in summary["runs"].as_array().into_iter().flatten() {
+        assert_eq!(u64_at(run, "/opened"), 60, "{summary}");
+        assert_eq!(u64_at(run, "/still_open"), 60, "{summary}");
+        assert_eq!(u64_at(run, "/failed"), 0, "{summary}");
+        assert!(run["gateway_rss_per_socket_bytes"].is_u64(), "{summary}");
+    }
+    assert_eq!(summary["runs"].as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn storm_welcomes_everyone() -> anyhow::Result<()> {
+    let target = Target::start(&TargetSpec::default()).await?;
+    let params = storm::Params { clients: 60, sources: 1, concurrency: 16, runs: 1 };
+    let summary = storm::run(&target, &params).await?;
+    let run = &summary["runs"][0];
+    assert_eq!(u64_at(run, "/welcomed"), 60, "{summary}");
+    assert_eq!(u64_at(run, "/failed"), 0, "{summary}");
+    assert_eq!(u64_at(run, "/time_to_welcome/count"), 60, "{summary}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_brings_everyone_back_without_missing_a_message() -> anyhow::Result<()> {
+    let spec = TargetSpec {
+        gateways: 1,
+        spare_gateways: 1,
+        haproxy: true,
+        drain_window: Duration::from_secs(1),
+        ..TargetSpec::default()
+    };
+    let mut target = Target::start(&spec).await?;
+    let params = drain::Params {
+        clients: 20,
+        room_size: 5,
+        rate: 20.0,
+        drain_window: spec.drain_window,
+        settle: Duration::from_secs(2),
+        runs: 2,
+        drain_pid: None,
+    };
+    let summary = drain::run(&mut target, &params).await?;
+    for run in summary["runs"].as_array().into_iter().flatten() {
+        assert_eq!(u64_at(run, "/back"), 20, "{summary}");
+        assert_eq!(u64_at(run, "/missed"), 0, "{summary}");
+        assert_eq!(u64_at(run, "/duplicates"), 0, "{summary}");
+        assert_eq!(u64_at(run, "/relogins"), 0, "{summary}");
+        assert!(run["all_back_ms"].is_u64() && run["gateway_exit_ms"].is_u64(), "{summary}");
+    }
+    assert_eq!(summary["runs"].as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_binary_prints_one_json_summary() -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren-load"))
+        .args(["storm", "--clients", "10", "--concurrency", "4"])
+        .env("WARREN_BIN_DIR", testkit::stack::bin_dir())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(summary["scenario"], "storm");
+    assert_eq!(u64_at(&summary, "/median/welcomed"), 10, "{summary}");
+    assert!(summary["target"]["own_stack"].is_object(), "{summary}");
+    Ok(())
+}
