@@ -13,7 +13,6 @@
 //! and the TCP connection can be made from a chosen local address (one
 //! source address reaches only about 28 k ports towards one server port).
 
-use std::future::Future;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -68,18 +67,6 @@ enum Out {
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Out")
-    }
-}
-
-struct SpawnExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpawnExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio::spawn(future);
     }
 }
 
@@ -138,7 +125,7 @@ pub async fn upgrade(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> R
         .header("Sec-WebSocket-Version", "13")
         .body(Empty::<Bytes>::new())
         .map_err(|e| Refused::Failed(e.to_string()))?;
-    match fastwebsockets::handshake::client(&SpawnExecutor, request, stream).await {
+    match fastwebsockets::handshake::client(&testkit::ws::SpawnExecutor, request, stream).await {
         Ok((ws, _)) => Ok(ws),
         Err(WebSocketError::InvalidStatusCode(status)) => Err(Refused::Status(status)),
         Err(error) => Err(Refused::Failed(error.to_string())),

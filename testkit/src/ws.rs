@@ -48,7 +48,10 @@ impl std::fmt::Debug for Socket {
     }
 }
 
-struct SpawnExecutor;
+/// Runs hyper's client connection tasks on Tokio (the WebSocket handshake
+/// needs one); shared with the load generator's client.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnExecutor;
 
 impl<F> hyper::rt::Executor<F> for SpawnExecutor
 where
