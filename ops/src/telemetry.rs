@@ -57,7 +57,7 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
         tracing_opentelemetry::layer().with_tracer(provider.tracer(service))
     });
     let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let fmt = tracing_subscriber::fmt::layer().with_target(false).with_ansi(stdout_is_terminal());
     match format {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
@@ -71,7 +71,7 @@ pub fn init(format: LogFormat, service: &'static str) -> Telemetry {
 /// Installs logging only (for tools such as the load generator).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(stdout_is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -108,4 +108,11 @@ pub fn parent_from(span: &tracing::Span, traceparent: &str) {
     let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
     let parent = TraceContextPropagator::new().extract(&carrier);
     let _ = span.set_parent(parent);
+}
+
+/// Colours only for a person at a terminal: log files and collectors get
+/// plain text.
+fn stdout_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
 }

@@ -63,9 +63,8 @@ pub struct Process {
 impl Process {
     fn spawn(name: &str, mut command: Command) -> anyhow::Result<Self> {
         command.kill_on_drop(true).stdin(Stdio::null());
-        if std::env::var_os("WARREN_TEST_LOGS").is_none() {
-            command.stdout(Stdio::null()).stderr(Stdio::null());
-        }
+        let (stdout, stderr) = log_sinks(name)?;
+        command.stdout(stdout).stderr(stderr);
         let child = command.spawn().with_context(|| format!("spawn {name}"))?;
         Ok(Self { name: name.to_owned(), child: Some(child) })
     }
@@ -96,6 +95,25 @@ impl Process {
         self.child = None;
         Ok(status.code())
     }
+}
+
+/// Where a process's output goes, from `WARREN_TEST_LOGS`: unset, nowhere;
+/// a directory, one file per process there (`<name>-<test pid>-<n>.log`, so
+/// that a failed CI run can show what the processes said); anything else,
+/// the test's own output.
+fn log_sinks(name: &str) -> anyhow::Result<(Stdio, Stdio)> {
+    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(setting) = std::env::var_os("WARREN_TEST_LOGS") else {
+        return Ok((Stdio::null(), Stdio::null()));
+    };
+    let dir = PathBuf::from(setting);
+    if !dir.is_dir() {
+        return Ok((Stdio::inherit(), Stdio::inherit()));
+    }
+    let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{name}-{}-{n}.log", std::process::id()));
+    let file = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    Ok((file.try_clone()?.into(), file.into()))
 }
 
 /// One gateway of a stack.

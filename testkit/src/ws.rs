@@ -218,16 +218,31 @@ impl Socket {
         Ok(())
     }
 
-    /// Sends a message and waits for its ack; returns the id.
+    /// Sends a message and waits for its ack; returns the id. Like any client
+    /// that follows the protocol, it sends again with the same `cid` after a
+    /// retryable error (`unavailable`, `timeout`), a few times.
     ///
     /// # Errors
-    /// When an error frame answers instead, or as [`Socket::next_json`].
+    /// When a non-retryable error frame answers, when retries run out, or as
+    /// [`Socket::next_json`].
     pub async fn send_message(&mut self, room: &str, text: &str, cid: &str) -> anyhow::Result<u64> {
-        self.send(&serde_json::json!({ "type": "send", "room": room, "text": text, "cid": cid })).await?;
-        let answer = self.next_matching(|f| f["cid"] == cid && (f["type"] == "ack" || f["type"] == "error")).await?;
-        if answer["type"] == "error" {
-            bail!("send refused: {answer}");
+        const ATTEMPTS: u32 = 4;
+        let frame = serde_json::json!({ "type": "send", "room": room, "text": text, "cid": cid });
+        let mut attempt = 1;
+        loop {
+            self.send(&frame).await?;
+            let answer =
+                self.next_matching(|f| f["cid"] == cid && (f["type"] == "ack" || f["type"] == "error")).await?;
+            if answer["type"] == "ack" {
+                return answer["id"].as_u64().context("ack without id");
+            }
+            let retryable = matches!(answer["code"].as_str(), Some("unavailable" | "timeout"));
+            if !retryable || attempt == ATTEMPTS {
+                bail!("send refused (attempt {attempt}): {answer}");
+            }
+            eprintln!("testkit: send {cid} answered {answer}; sending again with the same cid");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            attempt += 1;
         }
-        answer["id"].as_u64().context("ack without id")
     }
 }
