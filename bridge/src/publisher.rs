@@ -96,6 +96,11 @@ impl Publisher {
     /// confirm or the id does not come in time, `Nacked` when refused.
     pub async fn publish(&self, request: &PublishRequest) -> Result<u64, BridgeError> {
         let watch = self.watch(&request.room);
+        // Without a broker connection the watch cannot attach: answer at once
+        // with the retryable `Unavailable` (the client sends again), not with
+        // a `Timeout` after the whole publish timeout. The watch is started
+        // first so that it is reading by the time the client resends.
+        self.broker.link()?;
         tokio::time::timeout(self.timeout, watch.wait_attached()).await.map_err(|_| BridgeError::Timeout)?;
         let key = (request.user.clone(), request.cid.clone());
         let token = random_token();

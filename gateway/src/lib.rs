@@ -97,7 +97,8 @@ pub async fn run(
     // while the sockets move, and are removed when the gateway exits.
     let presence_token = CancellationToken::new();
     let presence_task = tokio::spawn(presence_tasks.run(presence_token.clone()));
-    let redis_up = Arc::new(AtomicBool::new(true));
+    // Not ready until Redis has answered once: see `watch_redis`.
+    let redis_up = Arc::new(AtomicBool::new(false));
     tracker.spawn(watch_redis(sessions.clone(), redis_up.clone(), shutdown.clone()));
     let readiness = {
         let (upstream, shutdown, redis_up) = (upstream.clone(), shutdown.clone(), redis_up.clone());
@@ -163,6 +164,10 @@ async fn forget_idle_limits(limits: Arc<Limits>, shutdown: CancellationToken) {
 
 /// Pings Redis every 2 s; two failures in a row mark it down (readiness
 /// says so, and logins and new sockets get 503 until it answers again).
+///
+/// It starts down: a gateway started while Redis is away must not report
+/// ready (it could only answer logins and sockets with 503), so it is ready
+/// once the first ping answers, and a first ping that fails is logged at once.
 async fn watch_redis(sessions: SessionStore, up: Arc<AtomicBool>, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(2));
     let mut failures = 0u32;
@@ -175,7 +180,7 @@ async fn watch_redis(sessions: SessionStore, up: Arc<AtomicBool>, shutdown: Canc
         match ping {
             Ok(Ok(())) => {
                 if !up.swap(true, Ordering::Relaxed) {
-                    tracing::info!("session store (Redis) is back");
+                    tracing::info!("session store (Redis) available");
                 }
                 failures = 0;
             }
@@ -187,7 +192,10 @@ async fn watch_redis(sessions: SessionStore, up: Arc<AtomicBool>, shutdown: Canc
 
 fn redis_failed(up: &AtomicBool, failures: u32, reason: &str) -> u32 {
     let failures = failures + 1;
-    if failures >= 2 && up.swap(false, Ordering::Relaxed) {
+    if failures == 1 && !up.load(Ordering::Relaxed) {
+        // Down since start-up (once up, a success resets the count).
+        tracing::warn!(%reason, "session store (Redis) unavailable at start-up: not ready until it answers");
+    } else if failures >= 2 && up.swap(false, Ordering::Relaxed) {
         tracing::warn!(%reason, "session store (Redis) unavailable: not ready");
     }
     failures

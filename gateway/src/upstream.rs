@@ -189,7 +189,7 @@ impl Upstream {
             }
             match self.attach(url, &hub, &shutdown).await {
                 Ok(()) => backoff.reset(),
-                Err(error) => tracing::warn!(bridge = %url, %error, "bridge stream failed"),
+                Err(error) => tracing::warn!(bridge = %url, error = %with_causes(&error), "bridge stream failed"),
             }
             self.detach();
             tokio::select! {
@@ -284,5 +284,50 @@ impl Upstream {
         for (_, waiter) in state.pending.drain() {
             let _ = waiter.send(Err(PublishFailure::unavailable("the bridge connection was lost; retry")));
         }
+    }
+}
+
+/// An error followed by its causes (`a: b: c`): a tonic transport error says
+/// only "transport error" and keeps why (refused, timed out) in its sources.
+/// A cause worded as the one before it (hyper nests those) is said once.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut last = text.clone();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if said != last {
+            text.push_str(": ");
+            text.push_str(&said);
+            last = said;
+        }
+        cause = next.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        cause: Option<Box<Layer>>,
+    }
+
+    fn layer(text: &'static str, cause: Option<Layer>) -> Layer {
+        Layer { text, cause: cause.map(Box::new) }
+    }
+
+    #[test]
+    fn causes_follow_the_error_once_each() {
+        let refused = layer("connection refused", None);
+        let error =
+            layer("transport error", Some(layer("tcp connect error", Some(layer("tcp connect error", Some(refused))))));
+        assert_eq!(with_causes(&error), "transport error: tcp connect error: connection refused");
+        assert_eq!(with_causes(&layer("alone", None)), "alone");
     }
 }

@@ -167,6 +167,12 @@ pub struct Extras {
     pub gateway_env: Vec<(String, String)>,
     /// More environment for every gateway and bridge (tracing, say).
     pub common_env: Vec<(String, String)>,
+    /// Start each process without waiting until it is ready, only until its
+    /// admin port answers (`/healthz`): for stacks started with a dependency
+    /// down on purpose, whose tests poll `/readyz` themselves. Holds for the
+    /// stack's later starts too (restarts, spares); HAProxy still waits for a
+    /// gateway it can route to.
+    pub allow_unready: bool,
 }
 
 /// A running stack.
@@ -185,6 +191,7 @@ pub struct Stack {
     drain_window: Duration,
     gateway_env: Vec<(String, String)>,
     common_env: Vec<(String, String)>,
+    allow_unready: bool,
     _dir: TempDir,
 }
 
@@ -207,7 +214,8 @@ impl Stack {
         let amqp = extras.amqp_url.unwrap_or_else(amqp_url);
         let mut bridges = Vec::new();
         for index in 0..shape.bridges {
-            bridges.push(spawn_bridge(index + 1, free_addr()?, free_addr()?, &amqp, &extras.common_env).await?);
+            let (addr, admin) = (free_addr()?, free_addr()?);
+            bridges.push(spawn_bridge(index + 1, addr, admin, &amqp, &extras.common_env, extras.allow_unready).await?);
         }
         let drain_window = extras.drain_window.unwrap_or(Duration::from_secs(2));
         let mut stack = Self {
@@ -220,6 +228,7 @@ impl Stack {
             drain_window,
             gateway_env: [extras.common_env.clone(), extras.gateway_env].concat(),
             common_env: extras.common_env,
+            allow_unready: extras.allow_unready,
             _dir: dir,
         };
         for index in 0..shape.gateways {
@@ -256,11 +265,12 @@ impl Stack {
             redis: &self.redis,
             env: &self.gateway_env,
         };
-        spawn_gateway(&spec, self.drain_window).await
+        spawn_gateway(&spec, self.drain_window, self.allow_unready).await
     }
 
     /// Starts gateway `index` again on its ports, under its name (after it
-    /// exited or was killed), and waits until it is ready.
+    /// exited or was killed), and waits until it is ready (or, with
+    /// [`Extras::allow_unready`], until it answers).
     ///
     /// # Errors
     /// When there is no such gateway or it does not become ready.
@@ -287,7 +297,9 @@ impl Stack {
         self.gateways.last().context("just pushed")
     }
 
-    /// Starts bridge `index` again on its ports (after it was killed).
+    /// Starts bridge `index` again on its ports (after it was killed), and
+    /// waits until it is ready (or, with [`Extras::allow_unready`], until it
+    /// answers).
     ///
     /// # Errors
     /// When it does not become ready.
@@ -296,7 +308,7 @@ impl Stack {
             let bridge = self.bridges.get(index).context("no such bridge")?;
             (bridge.addr, bridge.admin)
         };
-        let bridge = spawn_bridge(index + 1, addr, admin, &self.amqp, &self.common_env).await?;
+        let bridge = spawn_bridge(index + 1, addr, admin, &self.amqp, &self.common_env, self.allow_unready).await?;
         self.bridges[index] = bridge;
         Ok(())
     }
@@ -317,7 +329,7 @@ impl Stack {
 /// # Errors
 /// When it does not become ready in time.
 pub async fn start_bridge(n: usize) -> anyhow::Result<Bridge> {
-    spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url(), &[]).await
+    spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url(), &[], false).await
 }
 
 async fn spawn_bridge(
@@ -326,6 +338,7 @@ async fn spawn_bridge(
     admin: SocketAddr,
     amqp: &str,
     env: &[(String, String)],
+    allow_unready: bool,
 ) -> anyhow::Result<Bridge> {
     let mut command = Command::new(bin_dir().join("warren-bridge"));
     command
@@ -336,7 +349,7 @@ async fn spawn_bridge(
         .env("BRIDGE_SHUTDOWN_GRACE", "3s")
         .envs(env.iter().map(|(key, value)| (key, value)));
     let process = Process::spawn(&format!("bridge-{n}"), command)?;
-    wait_ready(admin).await.with_context(|| format!("bridge-{n} never became ready"))?;
+    wait_started(admin, allow_unready).await.with_context(|| format!("bridge-{n} never became ready"))?;
     Ok(Bridge { process, addr, admin })
 }
 
@@ -350,7 +363,7 @@ struct GatewaySpec<'a> {
     env: &'a [(String, String)],
 }
 
-async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration) -> anyhow::Result<Gateway> {
+async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration, allow_unready: bool) -> anyhow::Result<Gateway> {
     let GatewaySpec { instance, addr, admin, bridge_urls, redis, env } = *spec;
     let mut command = Command::new(bin_dir().join("warren-gateway"));
     command
@@ -364,7 +377,7 @@ async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration) -> anyhow
         .env("GATEWAY_SHUTDOWN_GRACE", "3s")
         .envs(env.iter().map(|(key, value)| (key, value)));
     let process = Process::spawn(instance, command)?;
-    wait_ready(admin).await.with_context(|| format!("{instance} never became ready"))?;
+    wait_started(admin, allow_unready).await.with_context(|| format!("{instance} never became ready"))?;
     Ok(Gateway { process, addr, admin, instance: instance.to_owned() })
 }
 
@@ -394,6 +407,20 @@ async fn start_haproxy(dir: &Path, gateways: &[(SocketAddr, SocketAddr)]) -> any
 /// After 30 s without it.
 pub async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     wait_http(admin, "/readyz", |status| status == 200).await
+}
+
+/// Waits until `/healthz` on `admin` answers 200: the process serves, ready
+/// or not.
+///
+/// # Errors
+/// After 30 s without it.
+pub async fn wait_alive(admin: SocketAddr) -> anyhow::Result<()> {
+    wait_http(admin, "/healthz", |status| status == 200).await
+}
+
+/// What starting a process waits for: readiness, or only an answer.
+async fn wait_started(admin: SocketAddr, allow_unready: bool) -> anyhow::Result<()> {
+    if allow_unready { wait_alive(admin).await } else { wait_ready(admin).await }
 }
 
 async fn wait_http(addr: SocketAddr, path: &str, ok: impl Fn(u16) -> bool) -> anyhow::Result<()> {
