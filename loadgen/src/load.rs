@@ -17,6 +17,7 @@
 //!   own started with `testkit`) and which processes to measure.
 //! - [`clients`]: logins, source addresses, minimal frame parsing, clocks.
 //! - [`procs`]: CPU time and RSS of processes, from `/proc`.
+//! - [`slow`]: slow readers (sockets that stop reading) and how they ended.
 //! - [`histogram`]: a lock-free latency histogram.
 //! - [`progress`]: the line per second.
 //! - [`summary`]: medians over runs.
@@ -33,6 +34,7 @@ pub mod histogram;
 pub mod idle;
 pub mod procs;
 pub mod progress;
+pub mod slow;
 pub mod storm;
 pub mod summary;
 pub mod target;

@@ -11,11 +11,13 @@
 //!
 //! Either way pings are answered and a close is echoed by the writer task,
 //! and the TCP connection can be made from a chosen local address (one
-//! source address reaches only about 28 k ports towards one server port).
+//! source address reaches only about 28 k ports towards one server port)
+//! and with [`Tuning`] (a client that stops reading).
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, WebSocket, WebSocketError};
@@ -74,7 +76,40 @@ impl std::fmt::Debug for Out {
 const LOCAL_PORTS: std::ops::Range<u32> = 10_000..65_000;
 static NEXT_PORT: AtomicU32 = AtomicU32::new(LOCAL_PORTS.start);
 
-/// Connects to `addr`, from `local` when given.
+/// Options of a client's TCP socket, set before it connects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// `SO_RCVBUF`: a small one makes a client that stops reading fill up
+    /// after a few KiB instead of the ~128 KiB-32 MiB autotuning allows.
+    pub recv_buffer: Option<u32>,
+    /// `TCP_MAXSEG`: the segment size announced to the server. On loopback
+    /// it is ~64 KiB, and Linux sizes the server's send buffer from it (ten
+    /// segments, twice): some 3 MiB parked for a client that does not read
+    /// before the server's writes block, against ~50 KiB at Ethernet's 1460
+    /// with a 2 KiB receive buffer.
+    pub max_segment: Option<u32>,
+}
+
+impl Tuning {
+    fn is_default(self) -> bool {
+        self.recv_buffer.is_none() && self.max_segment.is_none()
+    }
+}
+
+/// A TCP socket for `addr`'s family with `tuning` applied, not connected.
+fn tcp_socket(addr: SocketAddr, tuning: Tuning) -> std::io::Result<TcpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    if let Some(size) = tuning.recv_buffer {
+        socket.set_recv_buffer_size(size as usize)?;
+    }
+    if let Some(mss) = tuning.max_segment {
+        socket.set_tcp_mss(mss)?;
+    }
+    Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+/// Connects to `addr`, from `local` when given, with `tuning`.
 ///
 /// A bound socket gets its port from a counter here, not from the kernel:
 /// `bind` to port 0 makes the kernel search its port table, which gets
@@ -84,13 +119,18 @@ static NEXT_PORT: AtomicU32 = AtomicU32::new(LOCAL_PORTS.start);
 ///
 /// # Errors
 /// When the connection cannot be made.
-pub async fn tcp_connect(addr: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let Some(ip) = local else { return TcpStream::connect(addr).await };
+pub async fn tcp_connect(addr: SocketAddr, local: Option<IpAddr>, tuning: Tuning) -> std::io::Result<TcpStream> {
+    let Some(ip) = local else {
+        if tuning.is_default() {
+            return TcpStream::connect(addr).await;
+        }
+        return tcp_socket(addr, tuning)?.connect(addr).await;
+    };
     let mut last = None;
     for _ in 0..64 {
         let port =
             LOCAL_PORTS.start + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % (LOCAL_PORTS.end - LOCAL_PORTS.start);
-        let socket = if ip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let socket = tcp_socket(addr, tuning)?;
         socket.set_reuseaddr(true)?;
         let port = u16::try_from(port).unwrap_or(u16::MAX);
         let attempt = match socket.bind(SocketAddr::new(ip, port)) {
@@ -111,8 +151,13 @@ pub async fn tcp_connect(addr: SocketAddr, local: Option<IpAddr>) -> std::io::Re
 ///
 /// # Errors
 /// [`Refused`] when the upgrade does not succeed.
-pub async fn upgrade(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> Result<WebSocket<Stream>, Refused> {
-    let stream = tcp_connect(addr, local).await.map_err(|e| Refused::Failed(e.to_string()))?;
+pub async fn upgrade(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    cookie: &str,
+    tuning: Tuning,
+) -> Result<WebSocket<Stream>, Refused> {
+    let stream = tcp_connect(addr, local, tuning).await.map_err(|e| Refused::Failed(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     let request = Request::builder()
         .method("GET")
@@ -137,7 +182,20 @@ pub async fn upgrade(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> R
 /// # Errors
 /// [`Refused`] when the upgrade does not succeed.
 pub async fn open(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> Result<(Reader, Writer), Refused> {
-    let ws = upgrade(addr, local, cookie).await?;
+    open_tuned(addr, local, cookie, Tuning::default()).await
+}
+
+/// [`open`], with socket options.
+///
+/// # Errors
+/// [`Refused`] when the upgrade does not succeed.
+pub async fn open_tuned(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    cookie: &str,
+    tuning: Tuning,
+) -> Result<(Reader, Writer), Refused> {
+    let ws = upgrade(addr, local, cookie, tuning).await?;
     let (read, mut write) = ws.split(tokio::io::split);
     let (out, mut out_rx) = mpsc::unbounded_channel::<Out>();
     tokio::spawn(async move {
@@ -195,6 +253,22 @@ pub enum Incoming {
     Closed(Option<u16>),
 }
 
+/// How a connection ended, as its reading side saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// A close frame: its code (1005 when it had none) and reason.
+    Close(u16, String),
+    /// The stream ended without a close frame (perhaps in the middle of a
+    /// frame).
+    Eof,
+    /// The connection was reset.
+    Reset,
+    /// Reading failed otherwise (a broken frame, say).
+    Failed(String),
+    /// Nothing came for the quiet period: still open.
+    Open,
+}
+
 /// The receiving side of a socket, read by its owner. Pings are answered
 /// and a close is echoed through the writer.
 pub struct Reader {
@@ -211,6 +285,44 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     /// The next text frame, or the end of the connection.
     pub async fn next(&mut self) -> Incoming {
+        loop {
+            match self.frame().await {
+                Ok(frame) if frame.opcode == OpCode::Text => return Incoming::Text(frame.payload),
+                Ok(frame) if frame.opcode == OpCode::Close => {
+                    return Incoming::Closed(Some(close_of(&frame.payload).0));
+                }
+                Ok(_) => {}
+                Err(_) => return Incoming::Closed(None),
+            }
+        }
+    }
+
+    /// Reads and drops frames until the connection ends, or until nothing
+    /// comes for `quiet`; returns the text frames read and how it ended.
+    pub async fn drain(&mut self, quiet: Duration) -> (u64, End) {
+        let mut texts = 0;
+        loop {
+            let Ok(read) = tokio::time::timeout(quiet, self.frame()).await else { return (texts, End::Open) };
+            let end = match read {
+                Ok(frame) if frame.opcode == OpCode::Close => {
+                    let (code, reason) = close_of(&frame.payload);
+                    End::Close(code, reason)
+                }
+                Ok(frame) => {
+                    texts += u64::from(frame.opcode == OpCode::Text);
+                    continue;
+                }
+                Err(WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed) => End::Eof,
+                Err(WebSocketError::IoError(error)) if error.kind() == ErrorKind::ConnectionReset => End::Reset,
+                Err(WebSocketError::IoError(error)) if error.kind() == ErrorKind::UnexpectedEof => End::Eof,
+                Err(error) => End::Failed(error.to_string()),
+            };
+            return (texts, end);
+        }
+    }
+
+    /// The next frame; pings are answered and a close echoed on the way.
+    async fn frame(&mut self) -> Result<Frame<'static>, WebSocketError> {
         let out = self.out.clone();
         let mut obligated = move |frame: Frame<'_>| {
             let item = match frame.opcode {
@@ -220,20 +332,15 @@ impl Reader {
             let result = out.send(item).map_err(|_| std::io::Error::other("writer gone"));
             std::future::ready(result)
         };
-        loop {
-            match self.read.read_frame(&mut obligated).await {
-                Ok(frame) if frame.opcode == OpCode::Text => return Incoming::Text(frame.payload),
-                Ok(frame) if frame.opcode == OpCode::Close => {
-                    let code = match &*frame.payload {
-                        [high, low, ..] => u16::from_be_bytes([*high, *low]),
-                        _ => 1005,
-                    };
-                    return Incoming::Closed(Some(code));
-                }
-                Ok(_) => {}
-                Err(_) => return Incoming::Closed(None),
-            }
-        }
+        self.read.read_frame(&mut obligated).await
+    }
+}
+
+/// A close frame's code (1005 when it has none) and reason.
+fn close_of(payload: &[u8]) -> (u16, String) {
+    match payload {
+        [high, low, reason @ ..] => (u16::from_be_bytes([*high, *low]), String::from_utf8_lossy(reason).into_owned()),
+        _ => (1005, String::new()),
     }
 }
 

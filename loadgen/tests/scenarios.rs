@@ -23,6 +23,7 @@ fn fanout_params(step: Option<fanout::Step>) -> fanout::Params {
         sources: 2,
         max_in_flight: 1000,
         step,
+        slow_readers: 0,
     }
 }
 
@@ -42,6 +43,45 @@ async fn fanout_delivers_every_message_once() -> anyhow::Result<()> {
     assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
     assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
     assert!(u64_at(run, "/latency/count") > 0, "{summary}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_slow_reader_is_closed_and_500_subscribers_get_every_message() -> anyhow::Result<()> {
+    // A small queue per socket, so that the slow reader's fills after a few
+    // messages (the kernels hold some 50 KiB more for it).
+    let spec = TargetSpec {
+        gateway_env: vec![("GATEWAY_MAX_QUEUE_BYTES".to_owned(), "16384".to_owned())],
+        ..TargetSpec::default()
+    };
+    let target = Target::start(&spec).await?;
+    // The slow reader joins all 10 rooms, so it is sent every message: sixty
+    // of 4 KB, several times what it can hold; each subscriber gets six.
+    let params = fanout::Params {
+        subscribers: 500,
+        rooms: 10,
+        text_bytes: 4000,
+        duration: Duration::from_secs(3),
+        settle: Duration::from_secs(20),
+        concurrency: 32,
+        slow_readers: 1,
+        ..fanout_params(None)
+    };
+    let summary = fanout::run(&target, &params).await?;
+    assert_eq!(u64_at(&summary, "/setup/subscribers_joined"), 500, "{summary}");
+    let run = &summary["runs"][0];
+    assert!(u64_at(run, "/deliveries") > 0, "{summary}");
+    assert_eq!(u64_at(run, "/deliveries"), u64_at(run, "/expected"), "{summary}");
+    assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/subscribers_lost"), 0, "{summary}");
+    // The slow reader found its socket closed by the gateway, and the
+    // gateway counted one socket closed as `slow`: that one.
+    assert_eq!(u64_at(&summary, "/slow_readers/opened"), 1, "{summary}");
+    assert_eq!(u64_at(&summary, "/slow_readers/closed_by_gateway"), 1, "{summary}");
+    let other_closes = summary.pointer("/slow_readers/close_other").and_then(Value::as_object);
+    assert!(other_closes.is_some_and(serde_json::Map::is_empty), "a close frame, if any, says slow: {summary}");
+    assert_eq!(u64_at(&summary, "/slow_readers/gateway_slow_closes"), 1, "{summary}");
     Ok(())
 }
 

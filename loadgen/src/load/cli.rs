@@ -47,6 +47,10 @@ pub struct TargetArgs {
     /// next to this one).
     #[arg(long, value_delimiter = ',', value_parser = parse_addr)]
     pub url: Vec<SocketAddr>,
+    /// With --url: the gateways' admin addresses (comma-separated), whose
+    /// `/metrics` count the sockets they closed (fanout's slow readers).
+    #[arg(long, value_delimiter = ',', value_parser = parse_addr)]
+    pub admin: Vec<SocketAddr>,
     /// Our stack: gateways (default: 2 for fanout, 1 otherwise).
     #[arg(long)]
     pub gateways: Option<usize>,
@@ -60,6 +64,10 @@ pub struct TargetArgs {
     /// ones (WARREN_REDIS_URL, WARREN_AMQP_URL); their CPU is then measured too.
     #[arg(long)]
     pub private_services: bool,
+    /// Our stack: more gateway environment as KEY=VALUE (repeatable), after
+    /// the raised limits, e.g. GATEWAY_MAX_QUEUE_BYTES=32768.
+    #[arg(long = "gateway-env", value_parser = parse_env)]
+    pub gateway_env: Vec<(String, String)>,
     /// Another process to measure, as name=pid (repeatable); a name starting
     /// with `gw` counts as a gateway, `bridge` as a bridge.
     #[arg(long = "watch", value_parser = parse_watch)]
@@ -129,6 +137,13 @@ pub struct FanoutArgs {
     /// Step mode: halvings between the last good and the failed rate.
     #[arg(long, default_value_t = 2)]
     refine: usize,
+    /// Sockets that each run (not step) opens besides the subscribers: they
+    /// join every room, then never read again, until the gateway closes them
+    /// (`slow`). The summary says how they ended; the subscribers' figures
+    /// are measured as without them. A run longer than the gateway's idle
+    /// limit (50 s) may see them closed as idle instead.
+    #[arg(long, env = "LOAD_SLOW_READERS", default_value_t = 0)]
+    slow_readers: usize,
 }
 
 /// `idle`.
@@ -197,6 +212,15 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     bare.parse().map_err(|e| format!("expected host:port: {e}"))
 }
 
+/// `KEY=VALUE`.
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    let (key, value) = value.split_once('=').ok_or("expected KEY=VALUE")?;
+    if key.is_empty() {
+        return Err("expected KEY=VALUE".to_owned());
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 /// `name=pid`.
 fn parse_watch(value: &str) -> Result<Watched, String> {
     let (name, pid) = value.split_once('=').ok_or("expected name=pid")?;
@@ -215,6 +239,8 @@ impl TargetArgs {
             haproxy: self.haproxy,
             private_services: self.private_services,
             watch: self.watch.clone(),
+            gateway_env: self.gateway_env.clone(),
+            admins: self.admin.clone(),
             ..TargetSpec::default()
         }
     }
@@ -263,7 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
 async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyhow::Result<Value> {
     match scenario {
         Scenario::Fanout(a) => {
-            ensure!(a.subscribers + a.publishers <= MAX_CLIENTS, "at most {MAX_CLIENTS} sockets");
+            ensure!(a.subscribers + a.publishers + a.slow_readers <= MAX_CLIENTS, "at most {MAX_CLIENTS} sockets");
             ensure!(a.duration <= Duration::from_secs(3600) && a.step_duration <= Duration::from_secs(600));
             ensure!(a.step_factor > 1.0 && a.rate > 0.0 && a.step_start > 0.0, "rates must grow and be positive");
             let params = fanout::Params {
@@ -286,6 +312,7 @@ async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyh
                     p99_limit: a.p99_limit,
                     refine: a.refine,
                 }),
+                slow_readers: a.slow_readers,
             };
             fanout::run(target, &params).await
         }
@@ -336,10 +363,17 @@ mod tests {
             "--watch",
             "gw-1=42",
             "--step",
+            "--slow-readers",
+            "1",
+            "--gateway-env",
+            "GATEWAY_MAX_QUEUE_BYTES=32768",
         ])
         .expect("parses");
         let Scenario::Fanout(fanout) = args.scenario else { panic!("fanout") };
         assert_eq!(fanout.target.url.len(), 2);
+        assert_eq!(fanout.slow_readers, 1);
+        assert_eq!(fanout.target.gateway_env, vec![("GATEWAY_MAX_QUEUE_BYTES".to_owned(), "32768".to_owned())]);
+        assert!(Args::try_parse_from(["warren-load", "fanout", "--gateway-env", "=1"]).is_err());
         assert_eq!(fanout.target.watch, vec![Watched { name: "gw-1".into(), pid: 42 }]);
         assert!(fanout.step);
         assert!(Args::try_parse_from(["warren-load", "idle", "--runs", "0"]).is_err());

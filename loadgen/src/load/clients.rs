@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::load::target::Target;
-use crate::socket::{Incoming, Reader};
+use crate::socket::{Incoming, Reader, Writer};
 
 /// Sockets per source address by default: well below the ~28 k ports one
 /// address reaches towards one server port.
@@ -178,6 +178,21 @@ pub async fn await_type(reader: &mut Reader, kind: &str, limit: Duration) -> Res
         }
     };
     tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| Err(format!("no {kind} within {limit:?}")))
+}
+
+/// Waits for `welcome`, then joins `rooms` one after the other, each
+/// within `limit`.
+///
+/// # Errors
+/// A short reason when the socket closes, a join is refused, or `limit`
+/// passes first.
+pub async fn join_all(reader: &mut Reader, writer: &Writer, rooms: &[&str], limit: Duration) -> Result<(), String> {
+    await_type(reader, "welcome", limit).await?;
+    for room in rooms {
+        writer.send(&serde_json::json!({ "type": "join", "room": room }));
+        await_type(reader, "joined", limit).await?;
+    }
+    Ok(())
 }
 
 /// Failures by reason, from many tasks.

@@ -12,6 +12,11 @@
 //! start by a factor until p99 passes the limit or deliveries fall behind,
 //! narrows the last two rates down by halving, reports the highest rate that
 //! held (the saturation rate), then runs `runs` times at half of it.
+//!
+//! With slow readers, each run (not each step) also opens that many
+//! sockets that join every room and never read ([`slow`]); they are not
+//! subscribers (no deliveries expected, not in the latency), and after the
+//! run the summary says how they ended.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::load::clients::{self, Failures, IdSet, Sources, unix_micros};
 use crate::load::histogram::{Histogram, Latency};
 use crate::load::procs::{self, Meter, ProcWindow, round3};
+use crate::load::slow::{self, Cast};
 use crate::load::target::Target;
 use crate::load::{progress, summary};
 use crate::socket::{self, Incoming, Reader, Writer};
@@ -64,6 +70,9 @@ pub struct Params {
     pub max_in_flight: usize,
     /// Step mode, when set.
     pub step: Option<Step>,
+    /// Sockets opened at the start of each run (not step) that join every
+    /// room and then never read; 0 for none.
+    pub slow_readers: usize,
 }
 
 /// How step mode raises the rate.
@@ -95,6 +104,7 @@ impl Params {
             "text_bytes": self.text_bytes,
             "settle_s": self.settle.as_secs_f64(),
             "max_in_flight": self.max_in_flight,
+            "slow_readers": self.slow_readers,
         });
         if let Some(step) = &self.step {
             out["step"] = json!({
@@ -377,6 +387,9 @@ pub struct EpochResult {
     pub behind: bool,
     /// Each measured process over the epoch.
     pub cpu: Vec<ProcWindow>,
+    /// How the run's slow readers ended, when it had some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_readers: Option<slow::Report>,
 }
 
 struct Runner<'a> {
@@ -386,12 +399,18 @@ struct Runner<'a> {
     phases: watch::Sender<Phase>,
     publishers: usize,
     results: Vec<(usize, EpochResult)>,
+    /// The slow readers each run opens.
+    slow: Cast,
 }
 
 impl Runner<'_> {
-    async fn epoch(&mut self, epoch: usize, rate: f64, duration: Duration) -> EpochResult {
+    /// Sends at `rate` for `duration` and waits for the deliveries; a run
+    /// (not a step) opens slow readers first, and reads them after.
+    async fn epoch(&mut self, epoch: usize, rate: f64, duration: Duration, run: bool) -> EpochResult {
         let counts = &self.shared.epochs[epoch];
         self.shared.current.store(epoch, Ordering::Relaxed);
+        let slow_readers =
+            if run && !self.slow.logins.is_empty() { Some(self.slow.open(&self.shared.rooms).await) } else { None };
         let meter = Meter::start(&self.target.watched());
         let period = Duration::from_secs_f64(self.publishers as f64 / rate.max(0.001));
         self.phases.send_replace(Phase { epoch, period: Some(period) });
@@ -412,7 +431,7 @@ impl Runner<'_> {
         let throttled = counts.throttled.load(Ordering::Relaxed);
         let lost = counts.lost.load(Ordering::Relaxed);
         let behind = !caught_up() || throttled > 0 || lost > 0 || (sent as f64) < 0.95 * rate * duration.as_secs_f64();
-        let result = EpochResult {
+        let mut result = EpochResult {
             rate,
             duration_s: duration.as_secs_f64(),
             sent,
@@ -433,6 +452,7 @@ impl Runner<'_> {
             deliveries_per_cpu_s: (deliveries as f64 / (gateway_cpu_s + bridge_cpu_s).max(0.001)).round(),
             behind,
             cpu,
+            slow_readers: None,
         };
         progress::note(&format!(
             "epoch {epoch}: rate {rate:.1}/s, {deliveries} deliveries ({}/s), p99 {} ms{}",
@@ -440,6 +460,9 @@ impl Runner<'_> {
             result.latency.p99_ms,
             if behind { ", BEHIND" } else { "" }
         ));
+        if let Some(slow_readers) = slow_readers {
+            result.slow_readers = Some(slow_readers.finish().await);
+        }
         self.results.push((epoch, result.clone()));
         // Let the next epoch start from a quiet stack.
         let quiet = Instant::now();
@@ -465,7 +488,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
     let epochs_needed = params.runs + params.step.as_ref().map_or(0, |_| 40);
     anyhow::ensure!(epochs_needed <= MAX_EPOCHS, "at most {} runs", MAX_EPOCHS - 40);
     anyhow::ensure!(params.subscribers > 0 && params.publishers > 0 && params.rooms > 0, "nothing to run");
-    clients::check_fd_budget(params.subscribers + params.publishers + params.concurrency)?;
+    clients::check_fd_budget(params.subscribers + params.publishers + params.slow_readers + params.concurrency)?;
     let prefix = testkit::unique("load");
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -487,6 +510,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
         phases: crowd.phases,
         publishers: params.publishers,
         results: Vec::new(),
+        slow: crowd.slow,
     };
     let mut out = json!({ "scenario": "fanout", "params": params.describe(), "setup": setup });
     let mut epoch = 0;
@@ -504,7 +528,7 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
     let first_run = epoch;
     if let Some(rate) = rate {
         for _ in 0..params.runs {
-            runner.epoch(epoch, rate, params.duration).await;
+            runner.epoch(epoch, rate, params.duration, true).await;
             epoch += 1;
         }
     }
@@ -522,9 +546,15 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
     }
     let (missing, duplicates) = count_losses(&shared, &reports, epoch);
     let (mut steps, mut runs) = (Vec::new(), Vec::new());
+    let mut slow_readers: Option<slow::Report> = None;
     for (epoch, mut result) in runner.results {
         result.missing = missing[epoch];
         result.duplicates = duplicates[epoch];
+        match (&mut slow_readers, &result.slow_readers) {
+            (Some(total), Some(report)) => total.add(report),
+            (None, Some(report)) => slow_readers = Some(report.clone()),
+            _ => {}
+        }
         if epoch < first_run { steps.push(json!(result)) } else { runs.push(json!(result)) }
     }
     if params.step.is_some() {
@@ -535,14 +565,19 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
     out["missing"] = json!(missing.iter().sum::<u64>());
     out["duplicates"] = json!(duplicates.iter().sum::<u64>());
     out["subscribers_lost"] = json!(shared.lost.load(Ordering::Relaxed));
+    if params.slow_readers > 0 {
+        out["slow_readers"] = json!(slow_readers);
+    }
     Ok(out)
 }
 
-/// The run's sockets: subscribers reading, publishers waiting for a phase.
+/// The run's sockets: subscribers reading, publishers waiting for a phase;
+/// and the logins of the slow readers each run opens.
 struct Crowd {
     subscribers: JoinSet<Option<SubReport>>,
     publishers: JoinSet<()>,
     phases: watch::Sender<Phase>,
+    slow: Cast,
 }
 
 impl Crowd {
@@ -558,6 +593,7 @@ impl Crowd {
         let users: Vec<String> = (0..params.subscribers)
             .map(|i| format!("{prefix}-s{i}"))
             .chain((0..params.publishers).map(|j| format!("{prefix}-p{j}")))
+            .chain((0..params.slow_readers).map(|k| format!("{prefix}-slow{k}")))
             .collect();
         let cookies = clients::login_all(target, &users, params.concurrency).await?;
         let logins_s = started.elapsed().as_secs_f64();
@@ -565,13 +601,19 @@ impl Crowd {
             if params.sources == 0 { Sources::for_sockets(users.len())? } else { Sources::new(params.sources)? };
         let failures = Arc::new(Failures::default());
         let ready = Arc::new(AtomicUsize::new(0));
+        let sockets = params.subscribers + params.publishers;
+        let slow = Cast {
+            logins: (sockets..users.len()).map(|i| (target.front(i), sources.pick(i), cookies[i].clone())).collect(),
+            admins: target.admins(),
+        };
         let mut crowd = Self {
             subscribers: JoinSet::new(),
             publishers: JoinSet::new(),
             phases: watch::channel(Phase { epoch: 0, period: None }).0,
+            slow,
         };
         let permits = Arc::new(Semaphore::new(params.concurrency.max(1)));
-        for (index, cookie) in cookies.iter().enumerate() {
+        for (index, cookie) in cookies.iter().enumerate().take(sockets) {
             let (front, local, cookie) = (target.front(index), sources.pick(index), cookie.clone());
             let (shared, failures, ready) = (shared.clone(), failures.clone(), ready.clone());
             if index < params.subscribers {
@@ -610,7 +652,7 @@ impl Crowd {
             }
         }
         let limit = Instant::now() + Duration::from_secs(300);
-        while ready.load(Ordering::Relaxed) < users.len() && Instant::now() < limit {
+        while ready.load(Ordering::Relaxed) < sockets && Instant::now() < limit {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let joined: u64 = shared.room_sizes.iter().map(|s| s.load(Ordering::Relaxed)).sum();
@@ -635,11 +677,7 @@ async fn open_joined(
     rooms: &[&str],
 ) -> Result<(Reader, Writer), String> {
     let (mut reader, writer) = socket::open(front, local, cookie).await.map_err(|e| e.to_string())?;
-    clients::await_type(&mut reader, "welcome", HANDSHAKE_LIMIT).await?;
-    for room in rooms {
-        writer.send(&json!({ "type": "join", "room": room }));
-        clients::await_type(&mut reader, "joined", HANDSHAKE_LIMIT).await?;
-    }
+    clients::join_all(&mut reader, &writer, rooms, HANDSHAKE_LIMIT).await?;
     Ok((reader, writer))
 }
 
@@ -670,7 +708,7 @@ async fn search(runner: &mut Runner<'_>, step: &Step, epoch: &mut usize) -> Opti
     let (mut good, mut bad) = (None, None);
     let mut rate = step.start;
     while *epoch < MAX_EPOCHS - runner.params.runs - step.refine - 1 {
-        let result = runner.epoch(*epoch, rate, step.duration).await;
+        let result = runner.epoch(*epoch, rate, step.duration, false).await;
         *epoch += 1;
         if !runner.passed(&result, step.p99_limit) {
             bad = Some(rate);
@@ -688,7 +726,7 @@ async fn search(runner: &mut Runner<'_>, step: &Step, epoch: &mut usize) -> Opti
             break;
         }
         let mid = ((low + high) / 2.0 * 10.0).round() / 10.0;
-        let result = runner.epoch(*epoch, mid, step.duration).await;
+        let result = runner.epoch(*epoch, mid, step.duration, false).await;
         *epoch += 1;
         if runner.passed(&result, step.p99_limit) { good = Some(mid) } else { bad = Some(mid) }
     }

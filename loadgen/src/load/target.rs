@@ -45,6 +45,11 @@ pub struct TargetSpec {
     pub drain_window: Duration,
     /// More processes to measure (`--watch name=pid`).
     pub watch: Vec<Watched>,
+    /// Our stack: more gateway environment, after [`RAISED_LIMITS`] (so it
+    /// wins), e.g. a smaller `GATEWAY_MAX_QUEUE_BYTES`.
+    pub gateway_env: Vec<(String, String)>,
+    /// With `urls`: the gateways' admin addresses, for their `/metrics`.
+    pub admins: Vec<SocketAddr>,
 }
 
 impl Default for TargetSpec {
@@ -58,6 +63,8 @@ impl Default for TargetSpec {
             private_services: false,
             drain_window: Duration::from_secs(10),
             watch: Vec::new(),
+            gateway_env: Vec::new(),
+            admins: Vec::new(),
         }
     }
 }
@@ -80,19 +87,25 @@ pub struct Target {
     /// Our own stack, when we started one.
     pub own: Option<Own>,
     watch: Vec<Watched>,
+    /// The admin addresses given with `urls`.
+    admins: Vec<SocketAddr>,
 }
 
 impl Target {
     /// Uses `spec.urls`, or starts a stack.
     ///
     /// # Errors
-    /// When an address is not on loopback, or the stack does not start.
+    /// When an address is not on loopback, an option does not fit the kind
+    /// of target, or the stack does not start.
     pub async fn start(spec: &TargetSpec) -> anyhow::Result<Self> {
+        ensure!(spec.urls.is_empty() || spec.gateway_env.is_empty(), "gateway environment is for a stack of our own");
+        ensure!(!spec.urls.is_empty() || spec.admins.is_empty(), "admin addresses go with --url");
         if !spec.urls.is_empty() {
-            for url in &spec.urls {
+            for url in spec.urls.iter().chain(&spec.admins) {
                 ensure!(url.ip().is_loopback(), "{url}: load runs target loopback addresses only");
             }
-            return Ok(Self { fronts: spec.urls.clone(), own: None, watch: spec.watch.clone() });
+            let (fronts, admins) = (spec.urls.clone(), spec.admins.clone());
+            return Ok(Self { fronts, own: None, watch: spec.watch.clone(), admins });
         }
         let (redis, rabbit) = if spec.private_services {
             let redis = RedisServer::start().await.context("start a private Redis")?;
@@ -106,7 +119,11 @@ impl Target {
             amqp_url: rabbit.as_ref().map(RabbitNode::url),
             spare_gateways: spec.spare_gateways,
             drain_window: Some(spec.drain_window),
-            gateway_env: RAISED_LIMITS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            gateway_env: RAISED_LIMITS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .chain(spec.gateway_env.iter().cloned())
+                .collect(),
             ..Extras::default()
         };
         let shape = Shape { bridges: spec.bridges, gateways: spec.gateways, haproxy: spec.haproxy };
@@ -115,7 +132,7 @@ impl Target {
             Some((_, front)) => vec![*front],
             None => stack.gateways.iter().map(|g| g.addr).collect(),
         };
-        Ok(Self { fronts, own: Some(Own { stack, redis, rabbit }), watch: spec.watch.clone() })
+        Ok(Self { fronts, own: Some(Own { stack, redis, rabbit }), watch: spec.watch.clone(), admins: Vec::new() })
     }
 
     /// The address client `index` uses (round robin).
@@ -126,6 +143,15 @@ impl Target {
     /// Every address clients use.
     pub fn fronts(&self) -> &[SocketAddr] {
         &self.fronts
+    }
+
+    /// The gateways' admin addresses: our stack's running gateways, or the
+    /// ones given; empty when unknown.
+    pub fn admins(&self) -> Vec<SocketAddr> {
+        match &self.own {
+            Some(own) => own.stack.gateways.iter().map(|g| g.admin).collect(),
+            None => self.admins.clone(),
+        }
     }
 
     /// The processes to measure now: our stack's (gateways, bridges,
@@ -187,7 +213,7 @@ impl Target {
     pub fn describe(&self, spec: &TargetSpec) -> serde_json::Value {
         let fronts: Vec<String> = self.fronts.iter().map(ToString::to_string).collect();
         match &self.own {
-            None => serde_json::json!({ "urls": fronts, "watched": self.watch }),
+            None => serde_json::json!({ "urls": fronts, "admins": self.admins, "watched": self.watch }),
             Some(_) => serde_json::json!({
                 "own_stack": {
                     "gateways": spec.gateways,
@@ -197,6 +223,7 @@ impl Target {
                     "private_services": spec.private_services,
                     "drain_window_ms": spec.drain_window.as_millis() as u64,
                     "raised_limits": RAISED_LIMITS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                    "gateway_env": spec.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 },
                 "fronts": fronts,
             }),
