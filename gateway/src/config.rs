@@ -19,6 +19,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
 
+    /// Connections the kernel may queue before the gateway accepts them
+    /// (capped by `net.core.somaxconn`): a reconnect wave after a drain
+    /// arrives all at once, and a short queue turns it into SYN retries.
+    #[arg(long, env = "GATEWAY_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
+
     /// Address of the admin HTTP server (`/healthz`, `/readyz`).
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9081")]
     pub admin_listen: SocketAddr,

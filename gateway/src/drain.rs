@@ -55,7 +55,7 @@ impl Sockets {
         let open = self.lock();
         let mut closed = 0;
         for (mailbox, _) in open.values().filter(|(_, owner)| owner == login) {
-            mailbox.closer.close(reason);
+            mailbox.close(reason);
             closed += 1;
         }
         closed
@@ -99,7 +99,7 @@ impl Sockets {
         }
         tokio::time::sleep_until(start + window).await;
         for mailbox in self.snapshot() {
-            mailbox.closer.close(CloseReason::RESTART);
+            mailbox.close(CloseReason::RESTART);
         }
     }
 }
@@ -111,29 +111,26 @@ fn notify(mailbox: &Mailbox, jitter_cap: Duration) {
     let after_ms = rand::rng().random_range(0..=cap);
     let notice = ServerFrame::Reconnect { after_ms }.encode();
     if !mailbox.offer(notice) {
-        mailbox.closer.close(CloseReason::RESTART);
+        mailbox.close(CloseReason::RESTART);
         return;
     }
-    let closer = mailbox.closer.clone();
+    let mailbox = mailbox.clone();
     let deadline = Duration::from_millis(after_ms) + NOTICE_GRACE;
     tokio::spawn(async move {
         tokio::time::sleep(deadline).await;
-        closer.close(CloseReason::RESTART);
+        mailbox.close(CloseReason::RESTART);
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mailbox::{Closer, Outbound};
-    use tokio::sync::mpsc;
+    use crate::mailbox::Outbound;
 
-    fn socket(sockets: &Sockets, id: SocketId) -> (mpsc::Receiver<Outbound>, Closer) {
-        let (tx, rx) = mpsc::channel(8);
-        let mailbox = Mailbox::new(tx, 1024);
-        let closer = mailbox.closer.clone();
-        sockets.insert(id, mailbox, LoginId::from_announcement(format!("login-{id}")));
-        (rx, closer)
+    fn socket(sockets: &Sockets, id: SocketId) -> Mailbox {
+        let mailbox = Mailbox::new(8, 1024);
+        sockets.insert(id, mailbox.clone(), LoginId::from_announcement(format!("login-{id}")));
+        mailbox
     }
 
     #[tokio::test(start_paused = true)]
@@ -144,10 +141,10 @@ mod tests {
         let mut watchers = Vec::new();
         let mut closers = Vec::new();
         for id in 0..10 {
-            let (mut rx, closer) = socket(&sockets, id);
-            closers.push(closer);
+            let mailbox = socket(&sockets, id);
+            closers.push(mailbox.clone());
             watchers.push(tokio::spawn(async move {
-                let Some(Outbound::Text(frame)) = rx.recv().await else { panic!("expected a notice") };
+                let Some(Outbound::Text(frame)) = mailbox.next().await else { panic!("expected a notice") };
                 let notice: serde_json::Value = serde_json::from_slice(&frame).expect("json");
                 assert_eq!(notice["type"], "reconnect");
                 assert!(notice["after_ms"].as_u64().expect("after_ms") <= 1000);
@@ -164,7 +161,7 @@ mod tests {
         assert!(told_at[0] < Duration::from_secs(1), "the first batch goes at once");
         assert!(told_at[9] >= Duration::from_secs(8), "the last batch near the end: {told_at:?}");
         for closer in &closers {
-            assert_eq!(closer.requested().await, CloseReason::RESTART);
+            assert_eq!(closer.closed().await, CloseReason::RESTART);
         }
     }
 }

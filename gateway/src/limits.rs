@@ -9,12 +9,16 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::Config;
 
 /// Consecutive rate-limited sends after which a socket is closed (1008).
 pub const ABUSE_STRIKES: u32 = 50;
+
+/// One socket's send bucket.
+pub type SendLimiter = DefaultDirectRateLimiter;
 
 /// Limits and the state that enforces them across sockets.
 #[derive(Debug)]
@@ -34,6 +38,9 @@ pub struct Limits {
     user_sends: DefaultKeyedRateLimiter<String>,
     handshakes: DefaultKeyedRateLimiter<IpAddr>,
     sockets_per_user: Mutex<HashMap<String, u32>>,
+    /// The one clock every limiter reads: making a clock is not free (it
+    /// calibrates), and a limiter per socket must stay cheap.
+    clock: DefaultClock,
 }
 
 /// Why a send or a handshake has to wait.
@@ -46,16 +53,14 @@ fn per_second(rate: u32) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
-fn retry_after<T: governor::clock::Reference>(not_until: &governor::NotUntil<T>) -> RetryAfter
-where
-    DefaultClock: Clock<Instant = T>,
-{
-    RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
+fn keyed<K: Clone + std::hash::Hash + Eq>(rate: u32, clock: &DefaultClock) -> DefaultKeyedRateLimiter<K> {
+    RateLimiter::new(per_second(rate), DefaultKeyedStateStore::default(), clock.clone())
 }
 
 impl Limits {
     /// Limits from the command line.
     pub fn new(config: &Config) -> Self {
+        let clock = DefaultClock::default();
         Self {
             max_message_bytes: config.max_message_bytes,
             max_rooms_per_socket: config.max_rooms_per_socket,
@@ -64,15 +69,28 @@ impl Limits {
             trust_forwarded_for: config.trust_forwarded_for,
             max_sockets_per_user: config.max_sockets_per_user,
             send_quota: per_second(config.send_rate),
-            user_sends: RateLimiter::keyed(per_second(config.user_send_rate)),
-            handshakes: RateLimiter::keyed(per_second(config.handshake_rate)),
+            user_sends: keyed(config.user_send_rate, &clock),
+            handshakes: keyed(config.handshake_rate, &clock),
             sockets_per_user: Mutex::new(HashMap::new()),
+            clock,
         }
     }
 
     /// A fresh per-socket send limiter.
-    pub fn socket_sends(&self) -> DefaultDirectRateLimiter {
-        RateLimiter::direct(self.send_quota)
+    pub fn socket_sends(&self) -> SendLimiter {
+        RateLimiter::direct_with_clock(self.send_quota, self.clock.clone())
+    }
+
+    /// Takes one send from a socket's bucket.
+    ///
+    /// # Errors
+    /// How long to wait when the socket is over its rate.
+    pub fn socket_send(&self, limiter: &SendLimiter) -> Result<(), RetryAfter> {
+        limiter.check().map_err(|n| self.retry_after(&n))
+    }
+
+    fn retry_after(&self, not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> RetryAfter {
+        RetryAfter(not_until.wait_time_from(self.clock.now()))
     }
 
     /// Takes one send from the user's bucket.
@@ -80,7 +98,7 @@ impl Limits {
     /// # Errors
     /// How long to wait when the user is over its rate.
     pub fn user_send(&self, user: &str) -> Result<(), RetryAfter> {
-        self.user_sends.check_key(&user.to_owned()).map_err(|n| retry_after(&n))
+        self.user_sends.check_key(&user.to_owned()).map_err(|n| self.retry_after(&n))
     }
 
     /// Takes one handshake from the source address's bucket.
@@ -88,7 +106,7 @@ impl Limits {
     /// # Errors
     /// How long to wait when the address is over its rate.
     pub fn handshake(&self, source: IpAddr) -> Result<(), RetryAfter> {
-        self.handshakes.check_key(&source).map_err(|n| retry_after(&n))
+        self.handshakes.check_key(&source).map_err(|n| self.retry_after(&n))
     }
 
     /// Counts a socket of `user`; `false` (and nothing counted) when the user
@@ -124,14 +142,6 @@ impl Limits {
     }
 }
 
-/// Applies a per-socket limiter: `Err` with the wait when over the rate.
-///
-/// # Errors
-/// How long to wait.
-pub fn socket_send(limiter: &DefaultDirectRateLimiter) -> Result<(), RetryAfter> {
-    limiter.check().map_err(|n| retry_after(&n))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,9 +158,9 @@ mod tests {
         let limits = limits(&["--send-rate", "5"]);
         let socket = limits.socket_sends();
         for _ in 0..10 {
-            assert!(socket_send(&socket).is_ok());
+            assert!(limits.socket_send(&socket).is_ok());
         }
-        let RetryAfter(wait) = socket_send(&socket).expect_err("over the burst");
+        let RetryAfter(wait) = limits.socket_send(&socket).expect_err("over the burst");
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200), "{wait:?}");
     }
 

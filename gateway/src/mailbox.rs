@@ -1,12 +1,11 @@
 //! A socket's outbound side, as the rest of the gateway sees it: a bounded
 //! queue of frames and a way to ask the socket to close, saying why.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// Identifies one socket on this gateway.
 pub type SocketId = u64;
@@ -66,87 +65,173 @@ impl CloseReason {
     }
 }
 
-/// What a socket's writer is asked to send.
+/// What a socket's writer is asked to send, besides its close frame.
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A text frame, already encoded (shared between sockets).
     Text(Bytes),
     /// A pong answering a client's ping.
     Pong(Bytes),
-    /// A ping, to learn whether the client is still there.
-    Ping,
-    /// Close the socket with this code and reason.
-    Close(CloseReason),
 }
 
-/// Asks a socket to close; the first reason given wins.
-#[derive(Debug, Clone, Default)]
-pub struct Closer {
-    token: CancellationToken,
-    reason: Arc<OnceLock<CloseReason>>,
-}
-
-impl Closer {
-    /// Asks the socket to close with `reason`.
-    pub fn close(&self, reason: CloseReason) {
-        let _ = self.reason.set(reason);
-        self.token.cancel();
-    }
-
-    /// Resolves with the reason once someone asked the socket to close.
-    pub async fn requested(&self) -> CloseReason {
-        self.token.cancelled().await;
-        self.reason.get().copied().unwrap_or(CloseReason::RESTART)
+impl Outbound {
+    fn len(&self) -> usize {
+        match self {
+            Self::Text(bytes) | Self::Pong(bytes) => bytes.len(),
+        }
     }
 }
 
-/// A socket as others reach it. Its queue is bounded twice: in frames (the
-/// channel) and in bytes, so that neither many small frames nor a few large
-/// ones let a socket that does not read hold unbounded memory.
+/// A socket as others reach it: a bounded queue of frames for its writer,
+/// and its close, asked for once.
+///
+/// The queue is bounded twice, in frames and in bytes, so that neither many
+/// small frames nor a few large ones let a socket that does not read hold
+/// unbounded memory. It is a `VecDeque` behind a mutex rather than a channel
+/// because an idle socket then holds no queue memory at all (a tokio channel
+/// allocates its first block up front), and the writer takes everything
+/// queued at once, to write it in one go.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
-    /// The socket's outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Closes the socket.
-    pub closer: Closer,
-    /// Text bytes queued and not yet written.
-    queued: Arc<AtomicUsize>,
-    max_queued: usize,
+    inner: Arc<Inner>,
 }
 
+#[derive(Debug)]
+struct Inner {
+    queue: Mutex<Queue>,
+    /// Wakes the writer: something was queued, or the socket must close.
+    wake: Notify,
+    /// Wakes everyone waiting for the close.
+    closing: Notify,
+    close: OnceLock<CloseReason>,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    bytes: usize,
+}
+
+/// A queue that grew past this many frames gives its memory back once empty.
+const KEEP_CAPACITY: usize = 16;
+
 impl Mailbox {
-    /// A mailbox over `tx` that holds at most `max_queued` bytes of text.
-    pub fn new(tx: mpsc::Sender<Outbound>, max_queued: usize) -> Self {
-        Self { tx, closer: Closer::default(), queued: Arc::new(AtomicUsize::new(0)), max_queued }
+    /// A mailbox that holds at most `max_frames` frames and `max_bytes` bytes.
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        let inner = Inner {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            closing: Notify::new(),
+            close: OnceLock::new(),
+            max_frames,
+            max_bytes,
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Queues a frame without waiting; a full queue closes the socket (it is
-    /// too slow to follow its rooms) rather than stall everyone else.
+    /// too slow to follow its rooms, or asks for more than it reads) rather
+    /// than stall anyone else.
     pub fn offer(&self, frame: Bytes) -> bool {
+        self.push(Outbound::Text(frame))
+    }
+
+    /// Queues a frame the protocol obliges the socket to send (a pong).
+    pub fn push(&self, frame: Outbound) -> bool {
         let len = frame.len();
-        let over_bytes = self.queued.load(Ordering::Relaxed) + len > self.max_queued;
-        if !over_bytes && self.tx.try_send(Outbound::Text(frame)).is_ok() {
-            self.queued.fetch_add(len, Ordering::Relaxed);
+        let queued = {
+            let mut queue = self.lock();
+            let fits = queue.frames.len() < self.inner.max_frames && queue.bytes + len <= self.inner.max_bytes;
+            if fits {
+                queue.frames.push_back(frame);
+                queue.bytes += len;
+            }
+            fits
+        };
+        if queued {
+            self.inner.wake.notify_one();
             return true;
         }
-        if !self.closer.token.is_cancelled() {
+        if self.inner.close.get().is_none() {
             crate::metrics::queue_overflow();
         }
-        self.closer.close(CloseReason::SLOW);
+        self.close(CloseReason::SLOW);
         false
     }
 
-    /// Queues a reply, waiting for room in the channel: replies are few and
-    /// the client is waiting for them.
-    pub async fn send(&self, frame: Bytes) {
-        let len = frame.len();
-        if self.tx.send(Outbound::Text(frame)).await.is_ok() {
-            self.queued.fetch_add(len, Ordering::Relaxed);
+    /// Hands every queued frame to `each`, oldest first, until about
+    /// `max_bytes` were taken; returns how many frames it took.
+    pub fn take(&self, max_bytes: usize, mut each: impl FnMut(Outbound)) -> usize {
+        let mut queue = self.lock();
+        let (mut taken, mut bytes) = (0, 0);
+        while bytes < max_bytes {
+            let Some(frame) = queue.frames.pop_front() else { break };
+            bytes += frame.len();
+            taken += 1;
+            each(frame);
+        }
+        queue.bytes -= bytes.min(queue.bytes);
+        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_CAPACITY {
+            queue.frames = VecDeque::new();
+        }
+        taken
+    }
+
+    /// Gives the queue's memory back if nothing is queued (a quiet socket).
+    pub fn release_if_empty(&self) {
+        let mut queue = self.lock();
+        if queue.frames.is_empty() {
+            queue.frames = VecDeque::new();
         }
     }
 
-    /// The writer wrote `len` bytes of text.
-    pub fn written(&self, len: usize) {
-        self.queued.fetch_sub(len.min(self.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+    /// Resolves once something may have been queued since the last call (or
+    /// the socket must close): the writer's signal to look.
+    pub async fn queued(&self) {
+        self.inner.wake.notified().await;
+    }
+
+    /// Asks the socket to close with `reason`; the first reason given wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.inner.close.set(reason);
+        self.inner.closing.notify_waiters();
+        self.inner.wake.notify_one();
+    }
+
+    /// Resolves with the reason once someone asked the socket to close.
+    pub async fn closed(&self) -> CloseReason {
+        loop {
+            let notified = self.inner.closing.notified();
+            if let Some(reason) = self.inner.close.get() {
+                return *reason;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the socket was asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.inner.close.get().is_some()
+    }
+
+    /// The next queued frame, waiting for one; `None` once closing and
+    /// empty. (The socket writer takes frames in batches with [`Self::take`].)
+    pub async fn next(&self) -> Option<Outbound> {
+        loop {
+            let woken = self.queued();
+            if let Some(frame) = self.lock().frames.pop_front() {
+                return Some(frame);
+            }
+            if self.is_closing() {
+                return None;
+            }
+            woken.await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

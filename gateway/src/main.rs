@@ -1,7 +1,9 @@
 //! `warren-gateway`: parse the command line, bind, run until a signal.
 
+use std::net::SocketAddr;
+
 use clap::Parser;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(EX_USAGE);
     }
     let telemetry = ops::telemetry::init(config.log_format, "warren-gateway");
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = listen(config.listen, config.listen_backlog)?;
     let admin = TcpListener::bind(config.admin_listen).await?;
 
     let shutdown = CancellationToken::new();
@@ -37,4 +39,12 @@ async fn main() -> anyhow::Result<()> {
     force.cancel();
     drop(telemetry);
     Ok(())
+}
+
+/// Binds the public port with room for `backlog` connections not accepted yet.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -417,16 +417,19 @@ mod tests {
         assert_eq!(frame, serde_json::json!({"type":"presence","room":"lobby","user":"alice.b-1","state":"leave"}));
     }
 
-    fn socket() -> (Mailbox, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(16);
-        (Mailbox::new(tx, 1 << 20), rx)
+    /// A socket's mailbox, and the same mailbox as its writer reads it.
+    fn socket() -> (Mailbox, Mailbox) {
+        let mailbox = Mailbox::new(16, 1 << 20);
+        (mailbox.clone(), mailbox)
     }
 
-    fn texts(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+    fn texts(rx: &mut Mailbox) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(Outbound::Text(bytes)) = rx.try_recv() {
-            out.push(String::from_utf8_lossy(&bytes).into_owned());
-        }
+        rx.take(usize::MAX, |frame| {
+            if let Outbound::Text(bytes) = frame {
+                out.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        });
         out
     }
 

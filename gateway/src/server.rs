@@ -216,16 +216,7 @@ impl App {
             metrics::handshake_refused("user_sockets");
             return Err(HttpError::Overloaded("too many sockets for this user"));
         }
-        let shared = self.shared.clone();
-        self.shared.tracker.spawn(async move {
-            match upgrade.await {
-                Ok(ws) => Handler::run(ws, session, shared).await,
-                Err(error) => {
-                    shared.limits.close_socket(session.user.as_str());
-                    tracing::debug!(%error, "upgrade did not complete");
-                }
-            }
-        });
+        self.shared.tracker.spawn(Handler::serve(upgrade, session, self.shared.clone()));
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Full::default()))
     }

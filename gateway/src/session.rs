@@ -12,6 +12,7 @@
 //! is not deleted at once but given a short grace TTL, so that a request
 //! already in flight with the old cookie is not bounced to the login page.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -124,13 +125,15 @@ impl SessionId {
 
 /// One login, across every id its session is given by regeneration: what a
 /// logout or an expiry ends, on every socket opened under it.
+///
+/// Shared, not copied: every socket of the login holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LoginId(String);
+pub struct LoginId(Arc<str>);
 
 impl LoginId {
     fn generate() -> Self {
         let bytes: [u8; 18] = rand::rng().random();
-        Self(URL_SAFE_NO_PAD.encode(bytes))
+        Self(URL_SAFE_NO_PAD.encode(bytes).into())
     }
 
     /// The id as text (it is also the logout announcement's payload).
@@ -140,7 +143,7 @@ impl LoginId {
 
     /// The login named by a logout announcement.
     pub fn from_announcement(payload: String) -> Self {
-        Self(payload)
+        Self(payload.into())
     }
 
     fn key(&self) -> String {
@@ -299,11 +302,11 @@ impl SessionStore {
         }
         let user = record.user.ok_or(SessionError::Unknown)?;
         let login = match record.login {
-            Some(login) => LoginId(login),
+            Some(login) => LoginId(login.into()),
             // A session made elsewhere: its id stands for the login, whose
             // key is made now so that expiry checks find it.
             None => {
-                let login = LoginId(id.0.clone());
+                let login = LoginId(id.0.as_str().into());
                 self.mark_login(&login).await?;
                 login
             }
@@ -473,7 +476,7 @@ impl Record {
                 same_site: Some("lax".to_owned()),
             },
             user: Some(session.user.clone()),
-            login: Some(session.login.0.clone()),
+            login: Some(session.login.0.to_string()),
         }
     }
 

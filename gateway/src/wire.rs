@@ -37,6 +37,11 @@ impl<S> RequireMask<S> {
         Self { inner, state: NEW_HEADER }
     }
 
+    /// The stream, unguarded.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Follows `data` through the frame structure.
     fn scan(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {

@@ -1,30 +1,40 @@
 //! One browser socket: the upgrade's aftermath and the per-socket [`Handler`].
 //!
 //! A socket is two tasks. The reader decodes client frames and acts on them;
-//! the writer drains one bounded queue ([`Outbound`]) into the socket, so
-//! everything the socket is sent (replies, room messages, pongs) goes out in
-//! the order it was queued and a slow socket only ever fills its own queue.
+//! the writer drains the socket's bounded queue ([`Mailbox`]) into the
+//! socket, so everything the socket is sent (replies, room messages, pongs)
+//! goes out in the order it was queued and a slow socket only ever fills its
+//! own queue. The writer also pings the client and notices when it went
+//! silent, so an idle socket costs two parked tasks and nothing else.
+//!
+//! Reading uses fastwebsockets' frame decoder. Writing does not: server
+//! frames are unmasked and trivial to frame (the header comes from
+//! fastwebsockets' `Frame::fmt_head`), and framing them ourselves lets the
+//! writer put everything queued into one buffer and one `write` call, instead
+//! of one system call per frame.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
-use governor::DefaultDirectRateLimiter;
+use bytes::Bytes;
+use fastwebsockets::upgrade::UpgradeFut;
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::task::TaskTracker;
 
 use crate::drain::Sockets;
 use crate::hub::Hub;
-use crate::limits::{self, ABUSE_STRIKES, Limits, RetryAfter};
-use crate::mailbox::{CloseReason, Closer, Mailbox, Outbound, SocketId, close};
+use crate::limits::{ABUSE_STRIKES, Limits, RetryAfter, SendLimiter};
+use crate::mailbox::{CloseReason, Mailbox, Outbound, SocketId, close};
 use crate::metrics;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
-use crate::session::Session;
+use crate::session::{Session, UserName};
 use crate::upstream::Upstream;
 use crate::wire::{self, RequireMask};
 
@@ -35,7 +45,12 @@ pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// A socket that sent nothing (not even a pong) for this long is dead.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(50);
 
-type Stream = RequireMask<TokioIo<Upgraded>>;
+/// The most bytes of queued frames one write takes.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// What the reader reads: bytes hyper read past the handshake, then the
+/// socket, checked for masking.
+type ReadStream = RequireMask<tokio::io::Chain<std::io::Cursor<Bytes>, OwnedReadHalf>>;
 
 static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
 
@@ -62,78 +77,129 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct Handler {
     id: SocketId,
-    session: Session,
+    /// Who the session says this is.
+    user: UserName,
     shared: Shared,
     mailbox: Mailbox,
     rooms: HashSet<String>,
-    sends: DefaultDirectRateLimiter,
+    sends: SendLimiter,
     /// Consecutive sends refused for their rate.
     strikes: u32,
 }
 
 impl Handler {
-    /// Runs a socket to its end: welcome, then frames until either side
-    /// closes. The user's socket count was taken at the handshake and is
-    /// given back here.
-    pub async fn run(ws: WebSocket<TokioIo<Upgraded>>, session: Session, shared: Shared) {
-        let mut ws = WebSocket::after_handshake(RequireMask::new(ws.into_inner()), Role::Server);
-        ws.set_max_message_size(shared.limits.max_message_bytes);
-        ws.set_auto_pong(true);
-        ws.set_auto_close(true);
-        ws.set_auto_apply_mask(true);
-        let (read, write) = ws.split(tokio::io::split);
-        let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-        let mailbox = Mailbox::new(tx, shared.limits.max_queue_bytes);
-        let closer = mailbox.closer.clone();
-        let writer = shared.tracker.spawn(write_loop(write, rx, mailbox.clone()));
-        let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        shared.sockets.insert(id, mailbox.clone(), session.login.clone());
-        metrics::socket_opened();
-        tracing::info!(socket = id, user = session.user.as_str(), "socket open");
-        let welcome = ServerFrame::Welcome { user: session.user.as_str(), instance: &shared.instance }.encode();
+    /// Runs a socket from its upgrade to its end: welcome, then frames until
+    /// either side closes. The user's socket count was taken at the
+    /// handshake and is given back here.
+    ///
+    /// The setup is a plain function, and the socket's life a task of its
+    /// own: the future every open socket keeps for as long as it lives then
+    /// holds what the socket needs and nothing of its setup (an async
+    /// function keeps room for every local it ever held, moved or not).
+    pub async fn serve(upgrade: UpgradeFut, session: Session, shared: Shared) {
+        let upgraded = match upgrade.await {
+            Ok(ws) => ws.into_inner().into_inner(),
+            Err(error) => {
+                shared.limits.close_socket(session.user.as_str());
+                tracing::debug!(%error, "upgrade did not complete");
+                return;
+            }
+        };
+        if let Some(socket) = Self::open(upgraded, session, shared) {
+            let tracker = socket.handler.shared.tracker.clone();
+            tracker.spawn(socket.run());
+        }
+    }
+
+    /// Sets a socket up: its reader, its writer task, its place in the
+    /// registry, its welcome. `None` when the connection is not TCP.
+    fn open(upgraded: Upgraded, session: Session, shared: Shared) -> Option<Open> {
+        // The gateway serves plain TCP (TLS ends at the balancer), so the
+        // upgraded connection is a `TcpStream`: owned halves need no lock
+        // between the reader and the writer.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("an upgraded connection that is not TCP; closing it");
+            shared.limits.close_socket(session.user.as_str());
+            return None;
+        };
+        let (read, write) = parts.io.into_inner().into_split();
+        // Bytes hyper read past the handshake (a client may pipeline its
+        // first frames). Copied, because the slice keeps hyper's whole read
+        // buffer alive for as long as the socket lives.
+        let early = Bytes::copy_from_slice(&parts.read_buf);
+        let read = RequireMask::new(std::io::Cursor::new(early).chain(read));
+        let (mut read, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+        read.set_max_message_size(shared.limits.max_message_bytes);
+        read.set_auto_pong(true);
+        read.set_auto_close(true);
+        read.set_auto_apply_mask(true);
+
+        let mailbox = Mailbox::new(QUEUE_FRAMES, shared.limits.max_queue_bytes);
         let alive = Arc::new(Liveness::default());
-        let keepalive = shared.tracker.spawn(keep_alive(mailbox.clone(), alive.clone()));
+        let writer = shared.tracker.spawn(write_loop(write, mailbox.clone(), alive.clone()));
+        let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        let Session { user, login, .. } = session;
+        shared.sockets.insert(id, mailbox.clone(), login);
+        metrics::socket_opened();
+        tracing::info!(socket = id, user = user.as_str(), "socket open");
+        let welcome = ServerFrame::Welcome { user: user.as_str(), instance: &shared.instance }.encode();
         let sends = shared.limits.socket_sends();
-        let mut handler = Self { id, session, shared, mailbox, rooms: HashSet::new(), sends, strikes: 0 };
-        handler.queue("welcome", welcome).await;
-        let reason = handler.read_loop(FragmentCollectorRead::new(read), &closer, &alive).await;
-        keepalive.abort();
-        for room in std::mem::take(&mut handler.rooms) {
-            handler.shared.hub.leave(&room, handler.id);
+        let handler = Self { id, user, shared, mailbox, rooms: HashSet::new(), sends, strikes: 0 };
+        handler.queue("welcome", welcome);
+        Some(Open { handler, reader: FragmentCollectorRead::new(read), writer, alive })
+    }
+}
+
+/// A socket set up and not yet read from.
+struct Open {
+    handler: Handler,
+    reader: FragmentCollectorRead<ReadStream>,
+    writer: tokio::task::JoinHandle<()>,
+    alive: Arc<Liveness>,
+}
+
+impl Open {
+    /// Reads until the socket ends, then takes it out of everything and
+    /// waits for its close frame to go.
+    async fn run(mut self) {
+        let reason = self.handler.read_loop(&mut self.reader, &self.alive).await;
+        let handler = self.handler;
+        for room in &handler.rooms {
+            handler.shared.hub.leave(room, handler.id);
         }
         handler.shared.presence.socket_closed(handler.id);
-        handler.shared.sockets.remove(id);
-        handler.shared.limits.close_socket(handler.session.user.as_str());
+        handler.shared.sockets.remove(handler.id);
+        handler.shared.limits.close_socket(handler.user.as_str());
         // The writer sends the close frame (the first reason given wins) and
         // stops, even in the middle of a write to a peer that does not read.
-        handler.mailbox.closer.close(reason);
-        drop(handler.mailbox);
-        let _ = writer.await;
+        handler.mailbox.close(reason);
+        let id = handler.id;
+        drop(handler);
+        let _ = self.writer.await;
+        linger(self.reader).await;
         metrics::socket_closed(reason.label(), reason.code);
         tracing::info!(socket = id, code = reason.code, reason = reason.text, "socket closed");
     }
+}
 
-    async fn read_loop(
-        &mut self,
-        mut read: FragmentCollectorRead<ReadHalf<Stream>>,
-        closer: &Closer,
-        alive: &Liveness,
-    ) -> CloseReason {
-        let obligated_tx = self.mailbox.tx.clone();
-        // Frames the protocol obliges us to send (pongs, the close echo) go
-        // through the same queue as everything else.
+impl Handler {
+    async fn read_loop(&mut self, read: &mut FragmentCollectorRead<ReadStream>, alive: &Liveness) -> CloseReason {
+        // Frames the protocol obliges us to send go through the same queue as
+        // everything else (pongs), or are the socket's close (the echo).
+        let obliged = self.mailbox.clone();
         let mut obligated = move |frame: Frame<'_>| {
-            let item = match frame.opcode {
-                OpCode::Close => Outbound::Close(CloseReason { code: close_code(&frame.payload), text: "" }),
-                _ => Outbound::Pong(bytes::Bytes::copy_from_slice(&frame.payload)),
-            };
-            let tx = obligated_tx.clone();
-            async move { tx.send(item).await.map_err(|_| std::io::Error::other("socket writer gone")) }
+            if frame.opcode == OpCode::Close {
+                obliged.close(CloseReason { code: close_code(&frame.payload), text: "" });
+            } else {
+                obliged.push(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
+            }
+            std::future::ready(Ok::<(), std::io::Error>(()))
         };
+        let closed = self.mailbox.clone();
         loop {
             let frame = tokio::select! {
                 frame = read.read_frame(&mut obligated) => frame,
-                reason = closer.requested() => return reason,
+                reason = closed.closed() => return reason,
             };
             let frame = match frame {
                 Ok(frame) => frame,
@@ -143,7 +209,10 @@ impl Handler {
             match frame.opcode {
                 OpCode::Text => match std::str::from_utf8(&frame.payload) {
                     Ok(text) => {
-                        if let Some(reason) = self.on_text(text).await {
+                        // Boxed: what a frame leads to (a join awaits Redis)
+                        // would otherwise size the future of every socket,
+                        // idle ones included.
+                        if let Some(reason) = Box::pin(self.on_text(text)).await {
                             return reason;
                         }
                     }
@@ -152,7 +221,7 @@ impl Handler {
                 OpCode::Binary => {
                     metrics::frame_in("binary");
                     let error = FrameError::new("binary_unsupported", "send JSON text frames");
-                    self.queue("error", error.encode()).await;
+                    self.queue("error", error.encode());
                 }
                 OpCode::Close => return CloseReason { code: close::NORMAL, text: "" },
                 _ => {}
@@ -166,7 +235,7 @@ impl Handler {
             Ok(frame) => frame,
             Err(error) => {
                 metrics::frame_in("invalid");
-                self.queue("error", error.encode()).await;
+                self.queue("error", error.encode());
                 return None;
             }
         };
@@ -177,15 +246,15 @@ impl Handler {
             {
                 let limit = self.shared.limits.max_rooms_per_socket;
                 let error = FrameError::new("too_many_rooms", format!("a socket may join at most {limit} rooms"));
-                self.queue("error", error.encode()).await;
+                self.queue("error", error.encode());
             }
             ClientFrame::Join { room, since } => {
                 if since.is_some() {
                     metrics::resumed();
                 }
-                let user = self.session.user.as_str();
+                let user = self.user.as_str();
                 let members = self.shared.presence.join(&room, user, self.id, &self.mailbox).await;
-                self.queue("joined", ServerFrame::Joined { room: &room, members: &members }.encode()).await;
+                self.queue("joined", ServerFrame::Joined { room: &room, members: &members }.encode());
                 self.shared.presence.joined(&room, self.id);
                 self.shared.hub.join(&room, self.id, self.mailbox.clone(), since);
                 self.rooms.insert(room);
@@ -195,13 +264,13 @@ impl Handler {
                     self.shared.hub.leave(&room, self.id);
                     self.shared.presence.leave(&room, self.id);
                 }
-                self.queue("left", ServerFrame::Left { room: &room }.encode()).await;
+                self.queue("left", ServerFrame::Left { room: &room }.encode());
             }
-            ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()).await,
+            ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()),
             ClientFrame::Send { room, text, cid } => {
                 if !self.rooms.contains(&room) {
                     let error = FrameError::new("not_joined", format!("join {room:?} before sending to it"));
-                    self.queue("error", error.with_cid(Some(cid)).encode()).await;
+                    self.queue("error", error.with_cid(Some(cid)).encode());
                     return None;
                 }
                 if let Err(RetryAfter(wait)) = self.take_send_token() {
@@ -212,7 +281,7 @@ impl Handler {
                     let error = FrameError::new("rate_limited", "too many sends; retry later")
                         .with_cid(Some(cid))
                         .with_retry_after(wait);
-                    self.queue("error", error.encode()).await;
+                    self.queue("error", error.encode());
                     return None;
                 }
                 self.strikes = 0;
@@ -224,15 +293,15 @@ impl Handler {
 
     /// One send from the socket's bucket and the user's.
     fn take_send_token(&self) -> Result<(), RetryAfter> {
-        limits::socket_send(&self.sends)?;
-        self.shared.limits.user_send(self.session.user.as_str())
+        self.shared.limits.socket_send(&self.sends)?;
+        self.shared.limits.user_send(self.user.as_str())
     }
 
     /// Publishes in the background so that the socket keeps reading; the ack
     /// (or error) is queued when the bridge answers.
     fn spawn_send(&self, room: String, text: String, cid: String) {
         let (upstream, mailbox) = (self.shared.upstream.clone(), self.mailbox.clone());
-        let user = self.session.user.as_str().to_owned();
+        let user = self.user.as_str().to_owned();
         // One span per send; its context travels to the bridge, into the
         // broker and back to every gateway that delivers the message.
         let span = tracing::info_span!("ws.send", socket = self.id);
@@ -253,16 +322,16 @@ impl Handler {
             };
             metrics::send_answered(started.elapsed());
             metrics::frame_out(kind);
-            mailbox.send(reply).await;
+            mailbox.offer(reply);
         };
         self.shared.tracker.spawn(tracing::Instrument::instrument(send, span));
     }
 
-    /// Queues a reply, waiting for room if the queue is full: replies are
-    /// few and the client is waiting for them.
-    async fn queue(&self, kind: &'static str, frame: bytes::Bytes) {
+    /// Queues a reply. A client that asks for more than it reads fills its
+    /// queue like any slow reader, and is closed like one.
+    fn queue(&self, kind: &'static str, frame: Bytes) {
         metrics::frame_out(kind);
-        self.mailbox.send(frame).await;
+        self.mailbox.offer(frame);
     }
 }
 
@@ -290,23 +359,6 @@ impl Liveness {
     }
 }
 
-/// Pings the socket every [`PING_EVERY`] and closes it once it has been
-/// silent for [`IDLE_LIMIT`] (a dead peer, or a half-open connection).
-async fn keep_alive(mailbox: Mailbox, alive: Arc<Liveness>) {
-    let mut ticks = tokio::time::interval(PING_EVERY);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        if alive.silent_for() >= IDLE_LIMIT {
-            mailbox.closer.close(CloseReason::IDLE);
-            return;
-        }
-        if mailbox.tx.try_send(Outbound::Ping).is_err() {
-            return;
-        }
-    }
-}
-
 /// The close frame that answers a read error.
 fn close_reason(error: &WebSocketError) -> CloseReason {
     let (code, text) = match error {
@@ -331,59 +383,93 @@ fn close_code(payload: &[u8]) -> u16 {
     }
 }
 
-/// How long the close frame may take to go out; a peer that does not read
-/// gets its connection dropped instead.
+/// How long the close frame may take to go out, and how long the peer then
+/// has to close its side; a peer that takes longer gets its connection
+/// dropped instead.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Drains the socket's queue into the socket until the queue ends, a write
-/// fails, or the socket is asked to close.
-async fn write_loop(
-    mut write: fastwebsockets::WebSocketWrite<WriteHalf<Stream>>,
-    mut rx: mpsc::Receiver<Outbound>,
-    mailbox: Mailbox,
-) {
-    let closer = mailbox.closer.clone();
+/// After the close frame went out (and, with the writer gone, a FIN), reads
+/// and discards whatever the client still sends until it closes too, for at
+/// most [`CLOSE_TIMEOUT`]. Closing a socket with unread data makes the kernel
+/// answer with a reset, and a reset can reach the client before it has read
+/// the close frame, which would then never tell it why.
+async fn linger(reader: FragmentCollectorRead<ReadStream>) {
+    let mut raw = reader.into_inner().into_inner();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::copy(&mut raw, &mut tokio::io::sink())).await;
+}
+
+/// Writes the socket's queue into the socket, everything queued at once,
+/// until the socket is asked to close (then writes the close frame) or a
+/// write fails. Pings the client every [`PING_EVERY`], and closes the socket
+/// once the client was silent (not even a pong) for [`IDLE_LIMIT`]: a dead
+/// peer, or a half-open connection.
+///
+/// The frames go out through one buffer, kept from write to write so that a
+/// delivery allocates nothing, and given back when the socket was quiet for a
+/// ping interval or after a burst grew it, so that idle sockets hold none.
+async fn write_loop(mut out: OwnedWriteHalf, mailbox: Mailbox, alive: Arc<Liveness>) {
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::new();
+    let mut wrote_since_ping = false;
     loop {
-        let outbound = tokio::select! {
+        batch.clear();
+        tokio::select! {
             biased;
-            reason = closer.requested() => {
-                let close = write.write_frame(Frame::close(reason.code, reason.text.as_bytes()));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+            reason = mailbox.closed() => {
+                let close = Frame::close(reason.code, reason.text.as_bytes());
+                frame_into(&mut batch, close);
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, out.write_all(&batch)).await;
                 return;
             }
-            outbound = rx.recv() => match outbound {
-                Some(outbound) => outbound,
-                None => return,
-            },
-        };
+            () = mailbox.queued() => {}
+            _ = pings.tick() => {
+                if alive.silent_for() >= IDLE_LIMIT {
+                    mailbox.close(CloseReason::IDLE);
+                    continue;
+                }
+                if !std::mem::take(&mut wrote_since_ping) {
+                    batch = Vec::new();
+                    mailbox.release_if_empty();
+                }
+                frame_into(&mut batch, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")));
+            }
+        }
+        mailbox.take(BATCH_BYTES, |outbound| match outbound {
+            Outbound::Text(bytes) => frame_into(&mut batch, Frame::text(Payload::Borrowed(&bytes))),
+            Outbound::Pong(bytes) => frame_into(&mut batch, Frame::pong(Payload::Borrowed(&bytes))),
+        });
+        if batch.is_empty() {
+            continue;
+        }
         let written = tokio::select! {
             biased;
-            // A write blocked on a peer that stopped reading is abandoned
-            // (the frame is cut short, so no close frame can follow).
-            _ = closer.requested() => return,
-            written = write_one(&mut write, &outbound) => written,
+            written = out.write_all(&batch) => written,
+            // Once the socket must close, a write still blocked on a peer that
+            // stopped reading is abandoned (the frame is cut short, so no
+            // close frame can follow).
+            () = async {
+                mailbox.closed().await;
+                tokio::time::sleep(CLOSE_TIMEOUT).await;
+            } => return,
         };
-        if let Outbound::Text(bytes) = &outbound {
-            mailbox.written(bytes.len());
-        }
-        if written.is_err() || matches!(outbound, Outbound::Close(_)) {
+        if written.is_err() {
+            mailbox.close(CloseReason { code: close::NORMAL, text: "" });
             return;
+        }
+        metrics::bytes_out(batch.len());
+        wrote_since_ping = true;
+        if batch.capacity() > BATCH_BYTES {
+            batch = Vec::new();
         }
     }
 }
 
-async fn write_one(
-    write: &mut fastwebsockets::WebSocketWrite<WriteHalf<Stream>>,
-    outbound: &Outbound,
-) -> Result<(), WebSocketError> {
-    match outbound {
-        Outbound::Text(bytes) if bytes.is_empty() => Ok(()),
-        Outbound::Text(bytes) => {
-            metrics::bytes_out(bytes.len());
-            write.write_frame(Frame::text(Payload::Borrowed(bytes))).await
-        }
-        Outbound::Pong(bytes) => write.write_frame(Frame::pong(Payload::Borrowed(bytes))).await,
-        Outbound::Ping => write.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await,
-        Outbound::Close(reason) => write.write_frame(Frame::close(reason.code, reason.text.as_bytes())).await,
-    }
+/// Appends one unmasked frame (a server's) to `batch`.
+fn frame_into(batch: &mut Vec<u8>, mut frame: Frame<'_>) {
+    let mut head = [0; 10];
+    let head_len = frame.fmt_head(&mut head);
+    batch.reserve(head_len + frame.payload.len());
+    batch.extend_from_slice(&head[..head_len]);
+    batch.extend_from_slice(&frame.payload);
 }
