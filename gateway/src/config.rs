@@ -115,6 +115,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_window: Duration,
 
+    /// How often the gateway pings every socket.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A socket that sent nothing, not even a pong, for this long is closed
+    /// (1008 `timeout: no pong`): a dead peer or a half-open connection. It
+    /// is noticed at the next ping, so within this plus one ping interval.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "50s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
     /// How long shutdown waits, after the drain, for sockets and requests.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -171,6 +181,9 @@ impl Config {
         let rates = [self.send_rate, self.user_send_rate, self.handshake_rate, self.max_sockets_per_user];
         if rates.contains(&0) || self.max_rooms_per_socket == 0 || self.max_sockets == 0 {
             return Err("limits must be at least 1".to_owned());
+        }
+        if self.ping_interval < Duration::from_millis(100) || self.idle_timeout <= self.ping_interval {
+            return Err("--idle-timeout must exceed --ping-interval (at least 100ms)".to_owned());
         }
         if self.presence_heartbeat < Duration::from_millis(100) {
             return Err("--presence-heartbeat: at least 100ms".to_owned());

@@ -76,7 +76,8 @@ impl Sockets {
         self.lock().is_empty()
     }
 
-    fn snapshot(&self) -> Vec<Mailbox> {
+    /// Every open socket's mailbox, at this moment.
+    pub fn snapshot(&self) -> Vec<Mailbox> {
         self.lock().values().map(|(mailbox, _)| mailbox.clone()).collect()
     }
 

@@ -26,6 +26,7 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod hub;
+pub mod keepalive;
 pub mod limits;
 pub mod logins;
 pub mod mailbox;
@@ -122,6 +123,8 @@ pub async fn run(
     let every = config.session_check_interval;
     tracker.spawn(logins::sweep_ended(sessions.clone(), sockets.clone(), every, shutdown.clone()));
     tracker.spawn(forget_idle_limits(limits.clone(), shutdown.clone()));
+    let (ping, idle) = (config.ping_interval, config.idle_timeout);
+    tracker.spawn(keepalive::run(sockets.clone(), ping, idle, shutdown.clone()));
     let shared = Shared {
         hub,
         upstream,

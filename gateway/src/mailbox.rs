@@ -2,10 +2,13 @@
 //! queue of frames and a way to ask the socket to close, saying why.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Identifies one socket on this gateway.
 pub type SocketId = u64;
@@ -72,12 +75,15 @@ pub enum Outbound {
     Text(Bytes),
     /// A pong answering a client's ping.
     Pong(Bytes),
+    /// A ping, to learn whether the client is still there.
+    Ping,
 }
 
 impl Outbound {
     fn len(&self) -> usize {
         match self {
             Self::Text(bytes) | Self::Pong(bytes) => bytes.len(),
+            Self::Ping => 0,
         }
     }
 }
@@ -104,8 +110,17 @@ struct Inner {
     /// Wakes everyone waiting for the close.
     closing: Notify,
     close: OnceLock<CloseReason>,
+    /// When the client last sent anything, in ms since [`EPOCH`].
+    heard_ms: AtomicU64,
     max_frames: usize,
     max_bytes: usize,
+}
+
+/// The origin of [`Inner::heard_ms`]: one clock for every socket.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn millis_since_epoch() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +140,7 @@ impl Mailbox {
             wake: Notify::new(),
             closing: Notify::new(),
             close: OnceLock::new(),
+            heard_ms: AtomicU64::new(millis_since_epoch()),
             max_frames,
             max_bytes,
         };
@@ -209,6 +225,16 @@ impl Mailbox {
             }
             notified.await;
         }
+    }
+
+    /// The client sent something: it is alive.
+    pub fn heard(&self) {
+        self.inner.heard_ms.store(millis_since_epoch(), Ordering::Relaxed);
+    }
+
+    /// How long the client has been silent.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(millis_since_epoch().saturating_sub(self.inner.heard_ms.load(Ordering::Relaxed)))
     }
 
     /// Whether the socket was asked to close.

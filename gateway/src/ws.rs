@@ -4,8 +4,9 @@
 //! the writer drains the socket's bounded queue ([`Mailbox`]) into the
 //! socket, so everything the socket is sent (replies, room messages, pongs)
 //! goes out in the order it was queued and a slow socket only ever fills its
-//! own queue. The writer also pings the client and notices when it went
-//! silent, so an idle socket costs two parked tasks and nothing else.
+//! own queue. Pings come through the queue too, from the gateway's one
+//! keep-alive task ([`crate::keepalive`]), so an idle socket costs two parked
+//! tasks and nothing else: no timer of its own.
 //!
 //! Reading uses fastwebsockets' frame decoder. Writing does not: server
 //! frames are unmasked and trivial to frame (the header comes from
@@ -40,10 +41,6 @@ use crate::wire::{self, RequireMask};
 
 /// Frames queued for one socket before it counts as too slow to keep.
 pub const QUEUE_FRAMES: usize = 4096;
-/// How often the gateway pings a socket.
-pub const PING_EVERY: Duration = Duration::from_secs(20);
-/// A socket that sent nothing (not even a pong) for this long is dead.
-pub const IDLE_LIMIT: Duration = Duration::from_secs(50);
 
 /// The most bytes of queued frames one write takes.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -135,8 +132,7 @@ impl Handler {
         read.set_auto_apply_mask(true);
 
         let mailbox = Mailbox::new(QUEUE_FRAMES, shared.limits.max_queue_bytes);
-        let alive = Arc::new(Liveness::default());
-        let writer = shared.tracker.spawn(write_loop(write, mailbox.clone(), alive.clone()));
+        let writer = shared.tracker.spawn(write_loop(write, mailbox.clone()));
         let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         let Session { user, login, .. } = session;
         shared.sockets.insert(id, mailbox.clone(), login);
@@ -146,7 +142,7 @@ impl Handler {
         let sends = shared.limits.socket_sends();
         let handler = Self { id, user, shared, mailbox, rooms: HashSet::new(), sends, strikes: 0 };
         handler.queue("welcome", welcome);
-        Some(Open { handler, reader: FragmentCollectorRead::new(read), writer, alive })
+        Some(Open { handler, reader: FragmentCollectorRead::new(read), writer })
     }
 }
 
@@ -155,14 +151,13 @@ struct Open {
     handler: Handler,
     reader: FragmentCollectorRead<ReadStream>,
     writer: tokio::task::JoinHandle<()>,
-    alive: Arc<Liveness>,
 }
 
 impl Open {
     /// Reads until the socket ends, then takes it out of everything and
     /// waits for its close frame to go.
     async fn run(mut self) {
-        let reason = self.handler.read_loop(&mut self.reader, &self.alive).await;
+        let reason = self.handler.read_loop(&mut self.reader).await;
         let handler = self.handler;
         for room in &handler.rooms {
             handler.shared.hub.leave(room, handler.id);
@@ -173,17 +168,17 @@ impl Open {
         // The writer sends the close frame (the first reason given wins) and
         // stops, even in the middle of a write to a peer that does not read.
         handler.mailbox.close(reason);
-        let id = handler.id;
+        let (id, tracker) = (handler.id, handler.shared.tracker.clone());
         drop(handler);
         let _ = self.writer.await;
-        linger(self.reader).await;
+        tracker.spawn(linger(self.reader));
         metrics::socket_closed(reason.label(), reason.code);
         tracing::info!(socket = id, code = reason.code, reason = reason.text, "socket closed");
     }
 }
 
 impl Handler {
-    async fn read_loop(&mut self, read: &mut FragmentCollectorRead<ReadStream>, alive: &Liveness) -> CloseReason {
+    async fn read_loop(&mut self, read: &mut FragmentCollectorRead<ReadStream>) -> CloseReason {
         // Frames the protocol obliges us to send go through the same queue as
         // everything else (pongs), or are the socket's close (the echo).
         let obliged = self.mailbox.clone();
@@ -205,7 +200,7 @@ impl Handler {
                 Ok(frame) => frame,
                 Err(error) => return close_reason(&error),
             };
-            alive.touch();
+            self.mailbox.heard();
             match frame.opcode {
                 OpCode::Text => match std::str::from_utf8(&frame.payload) {
                     Ok(text) => {
@@ -335,30 +330,6 @@ impl Handler {
     }
 }
 
-/// When the client last sent anything, in ms since the socket opened.
-#[derive(Debug)]
-struct Liveness {
-    opened: std::time::Instant,
-    last_ms: AtomicU64,
-}
-
-impl Default for Liveness {
-    fn default() -> Self {
-        Self { opened: std::time::Instant::now(), last_ms: AtomicU64::new(0) }
-    }
-}
-
-impl Liveness {
-    fn touch(&self) {
-        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    fn silent_for(&self) -> Duration {
-        self.opened.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
 /// The close frame that answers a read error.
 fn close_reason(error: &WebSocketError) -> CloseReason {
     let (code, text) = match error {
@@ -400,69 +371,84 @@ async fn linger(reader: FragmentCollectorRead<ReadStream>) {
 
 /// Writes the socket's queue into the socket, everything queued at once,
 /// until the socket is asked to close (then writes the close frame) or a
-/// write fails. Pings the client every [`PING_EVERY`], and closes the socket
-/// once the client was silent (not even a pong) for [`IDLE_LIMIT`]: a dead
-/// peer, or a half-open connection.
+/// write fails.
 ///
 /// The frames go out through one buffer, kept from write to write so that a
-/// delivery allocates nothing, and given back when the socket was quiet for a
-/// ping interval or after a burst grew it, so that idle sockets hold none.
-async fn write_loop(mut out: OwnedWriteHalf, mailbox: Mailbox, alive: Arc<Liveness>) {
-    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// delivery allocates nothing, and given back after a burst grew it or when
+/// a ping round finds that nothing else was written since the last one, so
+/// that quiet sockets hold none. What only a closing socket needs (the close
+/// frame's timeout) is boxed: it would otherwise size every socket's writer.
+async fn write_loop(mut out: OwnedWriteHalf, mailbox: Mailbox) {
     let mut batch = Vec::new();
-    let mut wrote_since_ping = false;
+    // Whether anything but pings went out since the last ping.
+    let mut busy = false;
     loop {
         batch.clear();
         tokio::select! {
             biased;
             reason = mailbox.closed() => {
-                let close = Frame::close(reason.code, reason.text.as_bytes());
-                frame_into(&mut batch, close);
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, out.write_all(&batch)).await;
+                frame_into(&mut batch, Frame::close(reason.code, reason.text.as_bytes()));
+                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, out.write_all(&batch))).await;
                 return;
             }
             () = mailbox.queued() => {}
-            _ = pings.tick() => {
-                if alive.silent_for() >= IDLE_LIMIT {
-                    mailbox.close(CloseReason::IDLE);
-                    continue;
-                }
-                if !std::mem::take(&mut wrote_since_ping) {
-                    batch = Vec::new();
-                    mailbox.release_if_empty();
-                }
-                frame_into(&mut batch, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")));
-            }
         }
+        let mut pings = 0;
         mailbox.take(BATCH_BYTES, |outbound| match outbound {
             Outbound::Text(bytes) => frame_into(&mut batch, Frame::text(Payload::Borrowed(&bytes))),
             Outbound::Pong(bytes) => frame_into(&mut batch, Frame::pong(Payload::Borrowed(&bytes))),
+            Outbound::Ping => {
+                pings += 1;
+                frame_into(&mut batch, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")));
+            }
         });
         if batch.is_empty() {
             continue;
         }
-        let written = tokio::select! {
-            biased;
-            written = out.write_all(&batch) => written,
-            // Once the socket must close, a write still blocked on a peer that
-            // stopped reading is abandoned (the frame is cut short, so no
-            // close frame can follow).
-            () = async {
-                mailbox.closed().await;
-                tokio::time::sleep(CLOSE_TIMEOUT).await;
-            } => return,
-        };
-        if written.is_err() {
-            mailbox.close(CloseReason { code: close::NORMAL, text: "" });
+        if !write_batch(&mut out, &batch, &mailbox).await {
             return;
         }
         metrics::bytes_out(batch.len());
-        wrote_since_ping = true;
+        let only_pings = pings > 0 && batch.len() == pings * EMPTY_PING_BYTES;
+        if only_pings && !std::mem::take(&mut busy) {
+            batch = Vec::new();
+            mailbox.release_if_empty();
+        } else {
+            busy |= !only_pings;
+        }
         if batch.capacity() > BATCH_BYTES {
             batch = Vec::new();
         }
     }
+}
+
+/// An empty ping frame: two header bytes.
+const EMPTY_PING_BYTES: usize = 2;
+
+/// Writes `batch` whole; `false` when the socket is done: a write failed, or
+/// the socket must close and the peer did not take the rest within
+/// [`CLOSE_TIMEOUT`] (a peer that stopped reading; the frame is cut short,
+/// so no close frame can follow).
+async fn write_batch(out: &mut OwnedWriteHalf, batch: &[u8], mailbox: &Mailbox) -> bool {
+    let mut written = 0;
+    while written < batch.len() {
+        let wrote = tokio::select! {
+            biased;
+            wrote = out.write(&batch[written..]) => wrote,
+            _ = mailbox.closed() => {
+                let rest = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, out.write_all(&batch[written..]))).await;
+                return matches!(rest, Ok(Ok(())));
+            }
+        };
+        match wrote {
+            Ok(n) if n > 0 => written += n,
+            _ => {
+                mailbox.close(CloseReason { code: close::NORMAL, text: "" });
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Appends one unmasked frame (a server's) to `batch`.

@@ -285,3 +285,54 @@ async fn a_socket_that_stops_reading_is_closed_and_others_get_everything() -> an
     assert!(metrics.contains(r#"warren_gateway_sockets_closed_total{reason="slow",code="1008"} 1"#), "{metrics}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_stays() -> anyhow::Result<()> {
+    let stack = one_gateway(&[("GATEWAY_PING_INTERVAL", "300ms"), ("GATEWAY_IDLE_TIMEOUT", "1s")]).await?;
+    let addr = stack.gateways[0].addr;
+    let mut client = Client::new(addr);
+    client.login("quiet").await?;
+    let cookie = client.cookie.clone().context("cookie")?;
+
+    // A peer that reads but never answers: pinged, then closed as idle.
+    let mut mute = raw_socket(addr, &cookie).await?;
+    let (opcodes, code, reason) = frames_until_close(&mut mute).await?;
+    assert!(opcodes.contains(&0x9), "pinged before being closed: {opcodes:?}");
+    assert_eq!((code, reason.as_str()), (1008, "timeout: no pong"));
+
+    // A client that answers pings (fastwebsockets does while it reads) is
+    // still there after three idle timeouts.
+    let mut live = open(addr, &cookie).await?;
+    let quiet = tokio::time::timeout(Duration::from_secs(3), live.next_json()).await;
+    assert!(quiet.is_err(), "nothing but pings for 3 s, got {quiet:?}");
+    live.send(&json!({"type":"ping"})).await?;
+    assert_eq!(live.next_of_type("pong").await?["type"], "pong");
+
+    let metrics = Client::new(stack.gateways[0].admin).get("/metrics").await.context("metrics")?.text();
+    assert!(metrics.contains(r#"warren_gateway_sockets_closed_total{reason="idle",code="1008"} 1"#), "{metrics}");
+    Ok(())
+}
+
+/// Reads server frames until a close frame: the opcodes seen, the close code
+/// and reason.
+async fn frames_until_close(stream: &mut TcpStream) -> anyhow::Result<(Vec<u8>, u16, String)> {
+    let read = async {
+        let mut opcodes = Vec::new();
+        loop {
+            let opcode = stream.read_u8().await? & 0x0f;
+            let len = match stream.read_u8().await? & 0x7f {
+                126 => usize::from(stream.read_u16().await?),
+                127 => usize::try_from(stream.read_u64().await?)?,
+                n => usize::from(n),
+            };
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await?;
+            opcodes.push(opcode);
+            if opcode == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return Ok::<_, anyhow::Error>((opcodes, code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.context("no close frame")?
+}

@@ -297,6 +297,12 @@ impl Publisher {
             loop {
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => {
+                        // The run may have ended while this publisher slept:
+                        // a send after the end would count against a result
+                        // already taken.
+                        if phases.borrow().period.is_none() {
+                            continue;
+                        }
                         self.send(phase.epoch);
                         next += period;
                     }
@@ -417,20 +423,28 @@ impl Runner<'_> {
         tokio::time::sleep(duration).await;
         self.phases.send_replace(Phase { epoch, period: None });
         let stopped = Instant::now();
+        // A publisher that woke just before the end may still be sending.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let caught_up = || {
             self.shared.in_flight.load(Ordering::Relaxed) <= 0
                 && counts.delivered.load(Ordering::Relaxed) >= counts.expected.load(Ordering::Relaxed)
         };
-        while !caught_up() && stopped.elapsed() < self.params.settle {
+        let settled = loop {
+            if caught_up() {
+                break true;
+            }
+            if stopped.elapsed() >= self.params.settle {
+                break false;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
         let settle = stopped.elapsed();
         let cpu = meter.stop();
         let (sent, deliveries) = (counts.sent.load(Ordering::Relaxed), counts.delivered.load(Ordering::Relaxed));
         let (gateway_cpu_s, bridge_cpu_s) = (procs::cpu_of(&cpu, "gw"), procs::cpu_of(&cpu, "bridge"));
         let throttled = counts.throttled.load(Ordering::Relaxed);
         let lost = counts.lost.load(Ordering::Relaxed);
-        let behind = !caught_up() || throttled > 0 || lost > 0 || (sent as f64) < 0.95 * rate * duration.as_secs_f64();
+        let behind = !settled || throttled > 0 || lost > 0 || (sent as f64) < 0.95 * rate * duration.as_secs_f64();
         let mut result = EpochResult {
             rate,
             duration_s: duration.as_secs_f64(),
