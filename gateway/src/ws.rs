@@ -130,6 +130,8 @@ impl Handler {
         read.set_auto_pong(true);
         read.set_auto_close(true);
         read.set_auto_apply_mask(true);
+        // No 8 KiB read buffer per socket: reads take what frames need.
+        read.release_read_buffer();
 
         let mailbox = Mailbox::new(QUEUE_FRAMES, shared.limits.max_queue_bytes);
         let writer = shared.tracker.spawn(write_loop(write, mailbox.clone()));
