@@ -168,22 +168,7 @@ async fn raw_socket(addr: SocketAddr, cookie: &str) -> anyhow::Result<TcpStream>
 
 /// Reads server frames until a close frame; returns its code.
 async fn raw_close_code(stream: &mut TcpStream) -> anyhow::Result<u16> {
-    let read = async {
-        loop {
-            let opcode = stream.read_u8().await? & 0x0f;
-            let len = match stream.read_u8().await? & 0x7f {
-                126 => usize::from(stream.read_u16().await?),
-                127 => usize::try_from(stream.read_u64().await?)?,
-                n => usize::from(n),
-            };
-            let mut payload = vec![0; len];
-            stream.read_exact(&mut payload).await?;
-            if opcode == 0x8 {
-                return Ok::<_, anyhow::Error>(u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.context("no close frame")?
+    Ok(frames_until_close(stream).await?.1)
 }
 
 /// A masked client frame.
