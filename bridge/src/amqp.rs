@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BridgeError;
-use crate::room::{self, Outgoing, Retention, Start};
+use crate::room::{self, Entry, Outgoing, Retention, Start};
 
 /// How many unacknowledged deliveries one stream consumer may hold. RabbitMQ
 /// refuses stream consumers without a prefetch.
@@ -41,8 +41,10 @@ pub struct Link {
     connection: Connection,
     publisher: Channel,
     retention: Retention,
-    /// Rooms whose stream queue was declared on this connection.
-    declared: Mutex<HashSet<String>>,
+    /// Partitions whose stream queue was declared on this connection.
+    declared: Mutex<HashSet<u16>>,
+    /// While the broker blocks publishing (a memory or disk alarm): why.
+    blocked: Mutex<Option<String>>,
 }
 
 // === impl Broker ===
@@ -96,6 +98,11 @@ impl Broker {
         self.link.borrow().is_some()
     }
 
+    /// Why the broker blocks publishing, while it does (readiness).
+    pub fn blocked(&self) -> Option<String> {
+        self.link.borrow().as_ref().and_then(|link| link.blocked())
+    }
+
     /// Waits until a link is up, or `None` on shutdown.
     pub async fn next_link(&self, shutdown: &CancellationToken) -> Option<Arc<Link>> {
         let mut updates = self.link.subscribe();
@@ -118,7 +125,7 @@ impl Link {
         let connection = Connection::connect(url, ConnectionProperties::default()).await?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Self { connection, publisher, retention, declared: Mutex::new(HashSet::new()) })
+        Ok(Self { connection, publisher, retention, declared: Mutex::new(HashSet::new()), blocked: Mutex::new(None) })
     }
 
     /// Resolves when the connection dies (`true`) or on shutdown (`false`).
@@ -132,6 +139,8 @@ impl Link {
                         tracing::warn!(%error, "broker connection error");
                         return true;
                     }
+                    Some(lapin::Event::ConnectionBlocked(reason)) => self.set_blocked(Some(reason)),
+                    Some(lapin::Event::ConnectionUnblocked) => self.set_blocked(None),
                     Some(_) => {}
                     None => return true,
                 },
@@ -143,75 +152,100 @@ impl Link {
         }
     }
 
-    /// Declares the room's stream queue once per connection.
-    async fn declare(&self, room: &str) -> Result<(), BridgeError> {
-        if !room::is_valid_name(room) {
-            return Err(BridgeError::BadRoom);
+    /// The broker blocks (`Some(reason)`, e.g. a memory or disk alarm) or
+    /// unblocks publishing on this connection. Reading goes on meanwhile.
+    fn set_blocked(&self, reason: Option<String>) {
+        match &reason {
+            Some(reason) => {
+                tracing::warn!(%reason, "the broker blocks publishing (a resource alarm): sends are refused")
+            }
+            None => tracing::info!("the broker accepts publishing again"),
         }
-        if self.declared.lock().unwrap_or_else(PoisonError::into_inner).contains(room) {
+        crate::metrics::amqp_blocked(reason.is_some());
+        *self.blocked.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    /// Why the broker blocks publishing, while it does.
+    pub fn blocked(&self) -> Option<String> {
+        self.blocked.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Declares a partition's stream queue once per connection.
+    async fn declare(&self, partition: u16) -> Result<(), BridgeError> {
+        if self.declared.lock().unwrap_or_else(PoisonError::into_inner).contains(&partition) {
             return Ok(());
         }
         let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        self.publisher.queue_declare(room::queue_name(room), options, self.retention.queue_arguments()).await?;
-        self.declared.lock().unwrap_or_else(PoisonError::into_inner).insert(room.to_owned());
+        self.publisher.queue_declare(room::queue_name(partition), options, self.retention.queue_arguments()).await?;
+        self.declared.lock().unwrap_or_else(PoisonError::into_inner).insert(partition);
         Ok(())
     }
 
-    /// Publishes one message and waits for the broker's confirm.
-    pub async fn publish(&self, room: &str, message: &Outgoing<'_>) -> Result<(), BridgeError> {
-        self.declare(room).await?;
+    /// Publishes one message to its room's partition and waits for the
+    /// broker's confirm.
+    pub async fn publish(&self, partition: u16, message: &Outgoing<'_>) -> Result<(), BridgeError> {
+        self.publish_raw(partition, message.text.as_bytes(), message.properties()).await
+    }
+
+    /// Publishes a catch-up marker carrying `token` to a partition.
+    pub async fn publish_marker(&self, partition: u16, token: &str) -> Result<(), BridgeError> {
+        self.publish_raw(partition, b"", room::marker_properties(token)).await
+    }
+
+    async fn publish_raw(
+        &self,
+        partition: u16,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<(), BridgeError> {
+        self.declare(partition).await?;
+        let queue = room::queue_name(partition);
         let confirm = self
             .publisher
-            .basic_publish(
-                "".into(),
-                room::queue_name(room),
-                BasicPublishOptions::default(),
-                message.text.as_bytes(),
-                message.properties(),
-            )
+            .basic_publish("".into(), queue, BasicPublishOptions::default(), body, properties)
             .await?
             .await?;
         if confirm.is_ack() { Ok(()) } else { Err(BridgeError::Nacked) }
     }
 
-    /// Opens a consumer on the room's stream on a channel of its own, so that
+    /// Opens a consumer on a partition on a channel of its own, so that
     /// cancelling it (dropping the channel) touches nothing else.
-    pub async fn consume(&self, room: &str, start: Start) -> Result<RoomConsumer, BridgeError> {
-        self.declare(room).await?;
+    pub async fn consume(&self, partition: u16, start: Start) -> Result<PartitionConsumer, BridgeError> {
+        self.declare(partition).await?;
         let channel = self.connection.create_channel().await?;
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
         let mut arguments = FieldTable::default();
         arguments.insert("x-stream-offset".into(), start.to_offset_arg());
-        let consumer =
-            channel.basic_consume(room::queue_name(room), "".into(), BasicConsumeOptions::default(), arguments).await?;
-        Ok(RoomConsumer { room: room.to_owned(), channel, consumer })
+        let queue = room::queue_name(partition);
+        let consumer = channel.basic_consume(queue, "".into(), BasicConsumeOptions::default(), arguments).await?;
+        Ok(PartitionConsumer { partition, channel, consumer })
     }
 }
 
-/// A consumer of one room's stream. Dropping it closes its channel.
+/// A consumer of one partition. Dropping it closes its channel.
 #[derive(Debug)]
-pub struct RoomConsumer {
-    room: String,
+pub struct PartitionConsumer {
+    partition: u16,
     channel: Channel,
     consumer: Consumer,
 }
 
-impl RoomConsumer {
-    /// The next stored message, acknowledged to the broker so that more flow;
-    /// `None` when the consumer or its connection ended.
-    pub async fn next(&mut self) -> Option<Result<room::Stored, BridgeError>> {
+impl PartitionConsumer {
+    /// The next entry and its id, acknowledged to the broker so that more
+    /// flow; `None` when the consumer or its connection ended.
+    pub async fn next(&mut self) -> Option<Result<(u64, Entry), BridgeError>> {
         loop {
             let delivery = match self.consumer.next().await? {
                 Ok(delivery) => delivery,
                 Err(error) => return Some(Err(error.into())),
             };
-            let stored = room::decode(&self.room, &delivery);
+            let entry = room::decode(&delivery);
             if let Err(error) = delivery.ack(lapin::options::BasicAckOptions::default()).await {
                 return Some(Err(error.into()));
             }
-            match stored {
-                Some(stored) => return Some(Ok(stored)),
-                None => tracing::warn!(room = %self.room, "skipped a stream entry without an offset"),
+            match entry {
+                Some(entry) => return Some(Ok(entry)),
+                None => tracing::warn!(partition = self.partition, "skipped a stream entry without an offset"),
             }
         }
     }

@@ -32,11 +32,13 @@ pub struct Config {
     )]
     pub amqp_url: String,
 
-    /// How long a room keeps its history (RabbitMQ `x-max-age`, e.g. `7D`, `12h`, `30m`).
+    /// How long a partition keeps its history, and so every room in it
+    /// (RabbitMQ `x-max-age`, e.g. `7D`, `12h`, `30m`).
     #[arg(long, env = "BRIDGE_STREAM_MAX_AGE", default_value = "7D", value_parser = parse_max_age)]
     pub stream_max_age: String,
 
-    /// The most history a room keeps, in bytes (RabbitMQ `x-max-length-bytes`).
+    /// The most history a partition keeps, in bytes (RabbitMQ
+    /// `x-max-length-bytes`), shared by its rooms.
     #[arg(long, env = "BRIDGE_STREAM_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub stream_max_bytes: u64,
 
@@ -45,7 +47,13 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_STREAM_SEGMENT_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub stream_segment_bytes: u64,
 
-    /// How long a publish may wait for the broker's confirm.
+    /// How many partition streams hold the rooms. Every bridge of a
+    /// deployment must use the same number: it decides which partition holds
+    /// a room (see `docs/design/rooms.md` before changing it).
+    #[arg(long, env = "BRIDGE_PARTITIONS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub partitions: u16,
+
+    /// How long a publish waits for the broker's confirm.
     #[arg(long, env = "BRIDGE_PUBLISH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub publish_timeout: Duration,
 

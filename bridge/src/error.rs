@@ -1,6 +1,6 @@
 //! The bridge's errors, and their one translation to what a gateway sees.
 
-use proto::warren::v1::PublishError;
+use proto::warren::v1::{PublishError, SubscribeFailed};
 
 /// Everything that can go wrong inside the bridge.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,17 @@ pub enum BridgeError {
     /// stream, within the publish timeout.
     #[error("the broker did not confirm in time")]
     Timeout,
+    /// The broker blocks publishing (a memory or disk alarm).
+    #[error("the message broker refuses messages for now: {0}")]
+    Blocked(String),
+    /// The room's partition cannot be read (the broker refused its reader).
+    #[error("partition {partition} cannot be read: {why}")]
+    Unreadable {
+        /// The partition.
+        partition: u16,
+        /// What the broker said.
+        why: String,
+    },
     /// The request names a room that cannot exist.
     #[error("invalid room name")]
     BadRoom,
@@ -27,7 +38,7 @@ impl BridgeError {
     /// A stable machine-readable code for the gateway.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Unavailable | Self::Amqp(_) => "unavailable",
+            Self::Unavailable | Self::Amqp(_) | Self::Blocked(_) | Self::Unreadable { .. } => "unavailable",
             Self::Timeout => "timeout",
             Self::Nacked | Self::BadRoom => "rejected",
         }
@@ -36,6 +47,16 @@ impl BridgeError {
     /// Whether sending the same message (same cid) again may succeed.
     pub fn retryable(&self) -> bool {
         !matches!(self, Self::BadRoom)
+    }
+
+    /// The answer to a subscription that cannot hold.
+    pub fn to_subscribe_failed(&self, room: &str) -> SubscribeFailed {
+        SubscribeFailed {
+            room: room.to_owned(),
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            retryable: self.retryable(),
+        }
     }
 
     /// The answer to one publish request.
@@ -54,9 +75,11 @@ impl From<BridgeError> for tonic::Status {
         match error {
             BridgeError::BadRoom => tonic::Status::invalid_argument(error.to_string()),
             BridgeError::Timeout => tonic::Status::deadline_exceeded(error.to_string()),
-            BridgeError::Unavailable | BridgeError::Amqp(_) | BridgeError::Nacked => {
-                tonic::Status::unavailable(error.to_string())
-            }
+            BridgeError::Unavailable
+            | BridgeError::Amqp(_)
+            | BridgeError::Nacked
+            | BridgeError::Blocked(_)
+            | BridgeError::Unreadable { .. } => tonic::Status::unavailable(error.to_string()),
         }
     }
 }

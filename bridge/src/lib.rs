@@ -1,14 +1,18 @@
 //! Warren's bridge: the worker between gateways and RabbitMQ.
 //!
 //! Gateways attach over gRPC (`proto::warren::v1`); the bridge publishes their
-//! messages to one RabbitMQ stream per room, with publisher confirms, and
-//! streams every subscribed room back to each gateway. Several bridges run at
-//! once and share nothing but the broker, so any of them may die.
+//! messages, with publisher confirms, to a fixed set of RabbitMQ partition
+//! streams that hold every room (`docs/design/rooms.md`), reads every
+//! partition, and streams each subscribed room back to each gateway. Several
+//! bridges run at once and share nothing but the broker, so any may die.
 //!
 //! - [`config`]: the command line.
 //! - [`amqp`]: the broker connection, kept alive across broker restarts.
-//! - [`room`]: how a room maps onto a stream queue and its messages.
+//! - [`room`]: how rooms map onto partitions, and their messages.
+//! - [`log`]: one room's index: previous ids, recent messages, repeats.
+//! - [`partition`]: the partition readers, their indexes and routes.
 //! - [`publisher`]: confirmed publishing, ids and de-duplication by cid.
+//! - [`history`]: history reads, from the index or by a shared scan.
 //! - [`grpc`]: the service gateways attach to.
 //! - [`error`]: the error types and their translation for gateways.
 //! - [`metrics`]: the Prometheus metrics, named in one place.
@@ -17,7 +21,10 @@ pub mod amqp;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod history;
+pub mod log;
 pub mod metrics;
+pub mod partition;
 pub mod publisher;
 pub mod room;
 
@@ -33,8 +40,10 @@ use crate::amqp::Broker;
 use crate::config::Config;
 use crate::error::RunError;
 use crate::grpc::BridgeService;
+use crate::history::History;
+use crate::partition::Partitions;
 use crate::publisher::Publisher;
-use crate::room::Retention;
+use crate::room::{Layout, Retention};
 
 /// Runs the bridge on bound listeners until `shutdown` is cancelled, then
 /// tells the gateways to move, lets publishes in flight finish (at most
@@ -65,18 +74,33 @@ pub async fn run(
     });
 
     let tracker = TaskTracker::new();
-    // Room watches live as long as the broker connection, so that publishes
-    // in flight at shutdown still learn their ids.
-    let watches = TaskTracker::new();
-    let publisher =
-        Arc::new(Publisher::new(broker.clone(), config.publish_timeout, watches.clone(), broker_token.clone()));
-    let service = BridgeService::new(broker.clone(), publisher, tracker.clone(), shutdown.clone());
+    // Partition readers live as long as the broker connection, so that
+    // publishes in flight at shutdown still learn their ids.
+    let readers = TaskTracker::new();
+    let partitions = Partitions::new(Layout::new(config.partitions));
+    partitions.run(&broker, &readers, &broker_token);
+    let publisher = Arc::new(Publisher::new(broker.clone(), partitions.clone(), config.publish_timeout));
+    let history = Arc::new(History::new(broker.clone(), partitions.clone()));
+    let service = BridgeService::new(partitions.clone(), publisher, history, tracker.clone(), shutdown.clone());
     let readiness = {
         let (broker, shutdown) = (broker.clone(), shutdown.clone());
-        move || match (shutdown.is_cancelled(), broker.is_connected()) {
-            (true, _) => Err("shutting down".to_owned()),
-            (false, false) => Err("no broker connection".to_owned()),
-            (false, true) => Ok(()),
+        move || {
+            if shutdown.is_cancelled() {
+                return Err("shutting down".to_owned());
+            }
+            if !broker.is_connected() {
+                return Err("no broker connection".to_owned());
+            }
+            if let Some(reason) = broker.blocked() {
+                return Err(format!("the broker blocks publishing: {reason}"));
+            }
+            if let Some(error) = partitions.trouble() {
+                return Err(error.to_string());
+            }
+            match partitions.caught_up() {
+                (done, all) if done < all => Err(format!("reading partitions: {done} of {all} caught up")),
+                _ => Ok(()),
+            }
         }
     };
     // The admin port outlives the drain: probes must see "not ready" then.
@@ -110,8 +134,8 @@ pub async fn run(
         tracing::warn!(remaining = tracker.len(), "tasks still running at the shutdown deadline");
     }
     broker_token.cancel();
-    watches.close();
-    let _ = tokio::time::timeout(Duration::from_secs(1), watches.wait()).await;
+    readers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), readers.wait()).await;
     admin_token.cancel();
     let _ = admin_task.await;
     let _ = broker_task.await;

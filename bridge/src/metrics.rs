@@ -10,6 +10,10 @@ pub fn describe() {
     describe_gauge!("warren_bridge_gateway_streams_open", "Gateway streams attached now.");
     describe_gauge!("warren_bridge_subscriptions", "Room subscriptions of attached gateways.");
     describe_counter!("warren_bridge_publishes_total", "Publishes acked to gateways.");
+    describe_counter!(
+        "warren_bridge_subscriptions_refused_total",
+        "Room subscriptions answered with SubscribeFailed (their partition cannot be read)."
+    );
     describe_counter!("warren_bridge_publish_failures_total", "Publishes answered with an error, by reason.");
     describe_histogram!("warren_bridge_confirm_seconds", Unit::Seconds, "From a publish to its broker confirm and id.");
     describe_histogram!(
@@ -20,6 +24,17 @@ pub fn describe() {
     describe_counter!("warren_bridge_replay_reads_total", "History reads served.");
     describe_counter!("warren_bridge_replay_messages_total", "Messages returned by history reads.");
     describe_gauge!("warren_bridge_amqp_connected", "1 while the broker connection is up.");
+    describe_gauge!("warren_bridge_amqp_blocked", "1 while the broker blocks publishing (a memory or disk alarm).");
+    describe_gauge!("warren_bridge_partition_attached", "1 while a partition's reader is attached, by partition.");
+    describe_gauge!(
+        "warren_bridge_partition_caught_up",
+        "1 once a partition was read up to where it ended at start-up, by partition."
+    );
+    describe_gauge!("warren_bridge_indexed_rooms", "Rooms with retained messages, by partition.");
+    describe_counter!(
+        "warren_bridge_history_reads_total",
+        "History reads, by source: the rooms' index in memory, or a partition scan."
+    );
     describe_counter!("warren_bridge_amqp_reconnects_total", "Broker connections opened after the first.");
 }
 
@@ -61,4 +76,39 @@ pub fn amqp_connected(connected: bool, reconnect: bool) {
     if connected && reconnect {
         counter!("warren_bridge_amqp_reconnects_total").increment(1);
     }
+}
+
+/// A partition's reader read up to where the partition ended at start-up.
+pub fn partition_caught_up(partition: u16) {
+    gauge!("warren_bridge_partition_caught_up", "partition" => partition.to_string()).set(1.0);
+}
+
+/// A partition's index now holds `rooms` rooms.
+pub fn indexed_rooms(partition: u16, rooms: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    gauge!("warren_bridge_indexed_rooms", "partition" => partition.to_string()).set(rooms as f64);
+}
+
+/// A history read was answered from the index (`index`) or by a scan.
+pub fn history_read(source: &'static str) {
+    counter!("warren_bridge_history_reads_total", "source" => source).increment(1);
+}
+
+/// The broker blocks publishing (`true`) or accepts it again.
+pub fn amqp_blocked(blocked: bool) {
+    gauge!("warren_bridge_amqp_blocked").set(if blocked { 1.0 } else { 0.0 });
+}
+
+/// A partition's reader attached (`true`) or detached.
+pub fn partition_attached(partition: u16, attached: bool) {
+    gauge!("warren_bridge_partition_attached", "partition" => partition.to_string()).set(if attached {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// A subscription was refused (its partition cannot be read).
+pub fn subscription_refused() {
+    counter!("warren_bridge_subscriptions_refused_total").increment(1);
 }

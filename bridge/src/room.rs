@@ -1,10 +1,13 @@
-//! A room on the broker: one RabbitMQ stream queue, named after the room.
+//! A room on the broker: a fixed number of partition streams hold every room,
+//! and a room's messages live in the partition its name hashes to
+//! (`docs/design/rooms.md`).
 //!
 //! A stream keeps every message for the retention window and gives each one an
-//! offset. Offsets only grow and are nearly dense (one is skipped at some
-//! segment boundaries), so a message's id is its offset plus one (id 0 then means "nothing yet", and `since: 0` replays everything).
-//! The message body is the text; who sent it and when travel in headers, so the
-//! stream stays readable in RabbitMQ's own tools.
+//! offset that only grows, so a message's id is its partition's offset plus
+//! one (id 0 then means "nothing yet", and `since: 0` replays everything):
+//! ids strictly increase within a room, with other rooms' messages in between.
+//! The message body is the text; the room, who sent it and when travel in
+//! headers, so the stream stays readable in RabbitMQ's own tools.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +19,8 @@ use proto::warren::v1::Message;
 /// Where a new consumer starts reading a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// At the newest stored chunk (its messages, then live ones).
-    Newest,
+    /// At the oldest message retained.
+    First,
     /// With the first message whose id is greater than this.
     After(u64),
     /// With the first chunk stored at or after this time (seconds since the
@@ -29,7 +32,7 @@ impl Start {
     /// The `x-stream-offset` consumer argument.
     pub fn to_offset_arg(self) -> AMQPValue {
         match self {
-            Self::Newest => AMQPValue::LongString("last".into()),
+            Self::First => AMQPValue::LongString("first".into()),
             // id = offset + 1, so the first id after `id` is at offset `id`.
             Self::After(id) => AMQPValue::LongLongInt(i64::try_from(id).unwrap_or(i64::MAX)),
             Self::Since(seconds) => AMQPValue::Timestamp(seconds),
@@ -67,9 +70,36 @@ fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The stream queue that holds a room.
-pub fn queue_name(room: &str) -> ShortString {
-    format!("warren.room.{room}").into()
+/// Which partitions there are: a fixed number, the same on every bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    partitions: u16,
+}
+
+impl Layout {
+    /// A layout of `partitions` streams (at least one).
+    pub fn new(partitions: u16) -> Self {
+        Self { partitions: partitions.max(1) }
+    }
+
+    /// How many partitions there are.
+    pub fn partitions(self) -> u16 {
+        self.partitions
+    }
+
+    /// The partition that holds `room`: FNV-1a of the name, so that every
+    /// bridge and every version agrees (std's hashers promise neither).
+    pub fn partition_of(self, room: &str) -> u16 {
+        let mut hash = fnv::FnvHasher::default();
+        std::hash::Hasher::write(&mut hash, room.as_bytes());
+        let hash = std::hash::Hasher::finish(&hash);
+        u16::try_from(hash % u64::from(self.partitions)).unwrap_or_default()
+    }
+}
+
+/// The stream queue of partition `number`.
+pub fn queue_name(number: u16) -> ShortString {
+    format!("warren.partition.{number}").into()
 }
 
 /// Whether `room` is a room name gateways may use: `[a-z0-9_-]{1,64}`.
@@ -81,6 +111,8 @@ pub fn is_valid_name(room: &str) -> bool {
 /// A message about to be published.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
+    /// The room it belongs to.
+    pub room: &'a str,
     /// Sender, from the session.
     pub user: &'a str,
     /// The text.
@@ -100,6 +132,7 @@ impl Outgoing<'_> {
     pub fn properties(&self) -> BasicProperties {
         let now = now_millis();
         let mut headers = FieldTable::default();
+        headers.insert("room".into(), AMQPValue::LongString(self.room.into()));
         headers.insert("user".into(), AMQPValue::LongString(self.user.into()));
         headers.insert("cid".into(), AMQPValue::LongString(self.cid.into()));
         headers.insert("ts".into(), AMQPValue::LongLongInt(now));
@@ -115,28 +148,59 @@ impl Outgoing<'_> {
     }
 }
 
-/// A message read back from a room's stream.
+/// The header of a bridge's catch-up marker (see `partition`): an entry
+/// without a room, whose value is the bridge's token.
+const MARKER_HEADER: &str = "warren-marker";
+
+/// The AMQP properties of a catch-up marker carrying `token`.
+pub fn marker_properties(token: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(MARKER_HEADER.into(), AMQPValue::LongString(token.into()));
+    BasicProperties::default().with_delivery_mode(2).with_headers(headers)
+}
+
+/// An entry read back from a partition.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// A chat message.
+    Message(Stored),
+    /// A bridge's catch-up marker, with its token.
+    Marker(String),
+    /// Something else (a foreign publish): it takes an id and is skipped.
+    Other,
+}
+
+/// A message read back from a partition.
 #[derive(Debug, Clone)]
 pub struct Stored {
-    /// The message as gateways see it.
+    /// The message as gateways see it (`prev_id` not set yet).
     pub message: Message,
     /// The publish token, to match a pending publish.
     pub token: String,
 }
 
-/// Reads a delivery from a room's stream. `None` when it lacks the offset
-/// header (not a stream delivery) and so cannot be given an id.
-pub fn decode(room: &str, delivery: &Delivery) -> Option<Stored> {
+/// Reads a delivery from a partition: its id and what it holds. `None` when
+/// it lacks the offset header (not a stream delivery) and so has no id.
+pub fn decode(delivery: &Delivery) -> Option<(u64, Entry)> {
     let headers = delivery.properties.headers().as_ref()?.inner();
     let offset = headers.get("x-stream-offset").and_then(as_i64)?;
+    let id = u64::try_from(offset).ok()?.checked_add(1)?;
     let text_of = |key: &str| match headers.get(key) {
-        Some(AMQPValue::LongString(value)) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(value)) => value.as_str().to_owned(),
-        _ => String::new(),
+        Some(AMQPValue::LongString(value)) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(value)) => Some(value.as_str().to_owned()),
+        _ => None,
     };
+    if let Some(token) = text_of(MARKER_HEADER) {
+        return Some((id, Entry::Marker(token)));
+    }
+    let Some(room) = text_of("room").filter(|room| is_valid_name(room)) else {
+        return Some((id, Entry::Other));
+    };
+    let text_of = |key: &str| text_of(key).unwrap_or_default();
     let message = Message {
-        room: room.to_owned(),
-        id: u64::try_from(offset).ok()?.checked_add(1)?,
+        room,
+        id,
+        prev_id: 0,
         user: text_of("user"),
         text: String::from_utf8_lossy(&delivery.data).into_owned(),
         ts: headers.get("ts").and_then(as_i64).unwrap_or_default(),
@@ -144,7 +208,7 @@ pub fn decode(room: &str, delivery: &Delivery) -> Option<Stored> {
         traceparent: text_of("traceparent"),
     };
     let token = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default();
-    Some(Stored { message, token })
+    Some((id, Entry::Message(Stored { message, token })))
 }
 
 fn as_i64(value: &AMQPValue) -> Option<i64> {
@@ -181,6 +245,20 @@ mod tests {
     #[test]
     fn start_maps_ids_to_offsets() {
         assert_eq!(Start::After(41).to_offset_arg(), AMQPValue::LongLongInt(41));
-        assert_eq!(Start::Newest.to_offset_arg(), AMQPValue::LongString("last".into()));
+        assert_eq!(Start::First.to_offset_arg(), AMQPValue::LongString("first".into()));
+    }
+
+    #[test]
+    fn rooms_spread_over_partitions_the_same_way_everywhere() {
+        let layout = Layout::new(8);
+        // Fixed values: a change here moves every room to another partition.
+        assert_eq!(layout.partition_of("lobby"), layout.partition_of("lobby"));
+        let mut counts = [0u32; 8];
+        for room in 0..8000 {
+            counts[usize::from(layout.partition_of(&format!("dm-{room}")))] += 1;
+        }
+        assert!(counts.iter().all(|&count| (800..1200).contains(&count)), "{counts:?}");
+        assert_eq!(Layout::new(1).partition_of("anything"), 0);
+        assert_eq!(Layout::new(0).partitions(), 1);
     }
 }

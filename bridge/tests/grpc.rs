@@ -1,6 +1,8 @@
 //! The bridge over its real gRPC contract, on the real RabbitMQ: publishes are
-//! acked with ids, subscriptions stream in order, history reads ranges, cids
-//! are stored once, and SIGTERM tells gateways to move.
+//! acked with ids, subscriptions stream in order with each message naming the
+//! room's previous one, history reads ranges and tails (from memory and by
+//! scanning the partition), cids are stored once, and SIGTERM tells gateways
+//! to move.
 
 use std::time::Duration;
 
@@ -57,8 +59,8 @@ async fn publishes_are_acked_streamed_replayed_and_stored_once() -> anyhow::Resu
     let mut client = BridgeClient::connect(format!("http://{}", bridge.addr)).await?;
     let room = testkit::unique("grpc");
     let mut gateway = attach(&mut client).await?;
-    gateway.send(Out::Subscribe(Subscribe { room: room.clone(), after_id: None })).await?;
-    assert!(matches!(gateway.next().await?, Kind::Subscribed(s) if s.room == room));
+    gateway.send(Out::Subscribe(Subscribe { room: room.clone() })).await?;
+    assert!(matches!(gateway.next().await?, Kind::Subscribed(s) if s.room == room && s.last_id == 0));
 
     gateway.publish(1, &room, "one", "c-1").await?;
     gateway.publish(2, &room, "two", "c-2").await?;
@@ -80,24 +82,72 @@ async fn publishes_are_acked_streamed_replayed_and_stored_once() -> anyhow::Resu
     let (one, two) = (id_of("c-1").context("c-1 stored")?, id_of("c-2").context("c-2 stored")?);
     assert_eq!(acks, [(1, one), (2, two), (3, one)], "the repeat gets the first id");
     assert!(messages.iter().all(|m| m.user == "alice"));
+    assert_eq!((messages[0].prev_id, messages[1].prev_id), (0, ids[0]), "each names the room's previous id");
 
-    let history = client
-        .history(HistoryRequest { room: room.clone(), after_id: ids[0] - 1, up_to_id: ids[1] })
-        .await?
-        .into_inner()
-        .messages;
-    assert_eq!(history.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
-    let tail = client.history(HistoryRequest { room: room.clone(), after_id: ids[0], up_to_id: ids[1] }).await?;
+    let history = client.history(range(&room, ids[0] - 1, ids[1])).await?.into_inner();
+    assert_eq!(history.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(history.covered_to, ids[1]);
+    let tail = client.history(range(&room, ids[0], ids[1])).await?;
     assert_eq!(tail.into_inner().messages.len(), 1, "after_id is exclusive");
 
-    // A second gateway subscribing after the first id gets exactly the rest.
+    // A second gateway is told the room's newest id, then gets what follows.
     let mut late = attach(&mut client).await?;
-    late.send(Out::Subscribe(Subscribe { room: room.clone(), after_id: Some(ids[0]) })).await?;
-    assert!(matches!(late.next().await?, Kind::Subscribed(_)));
-    assert!(matches!(late.next().await?, Kind::Message(m) if m.id == ids[1]));
+    late.send(Out::Subscribe(Subscribe { room: room.clone() })).await?;
+    assert!(matches!(late.next().await?, Kind::Subscribed(s) if s.last_id == ids[1]));
+    late.publish(4, &room, "three", "c-3").await?;
+    let mut third = None;
+    while third.is_none() {
+        match late.next().await? {
+            Kind::Message(m) => third = Some(m),
+            Kind::Ack(_) => {}
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(third.map(|m| m.prev_id), Some(ids[1]));
 
-    let bad = client.history(HistoryRequest { room: "Bad Room".into(), after_id: 0, up_to_id: 5 }).await;
+    let bad = client.history(range("Bad Room", 0, 5)).await;
     assert_eq!(bad.expect_err("refused").code(), tonic::Code::InvalidArgument);
+    Ok(())
+}
+
+fn range(room: &str, after_id: u64, up_to_id: u64) -> HistoryRequest {
+    HistoryRequest { room: room.to_owned(), after_id, up_to_id, newest: 0 }
+}
+
+/// More messages than a room's index keeps: a join's tail still comes from
+/// memory, and a resume from the first id scans the partition, exactly.
+#[tokio::test]
+async fn history_beyond_the_index_scans_the_partition() -> anyhow::Result<()> {
+    const SENT: u64 = 90;
+    let bridge = start_bridge(3).await?;
+    let mut client = BridgeClient::connect(format!("http://{}", bridge.addr)).await?;
+    let room = testkit::unique("scan");
+    let mut gateway = attach(&mut client).await?;
+    for n in 1..=SENT {
+        gateway.publish(n, &room, &format!("m{n}"), &format!("c-{n}")).await?;
+    }
+    let mut ids = Vec::new();
+    while ids.len() < usize::try_from(SENT)? {
+        match gateway.next().await? {
+            Kind::Ack(ack) => ids.push(ack.id),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    ids.sort_unstable();
+    let last = *ids.last().context("acked")?;
+    let newest = HistoryRequest { room: room.clone(), after_id: 0, up_to_id: last, newest: 50 };
+    let tail = client.history(newest).await?.into_inner().messages;
+    assert_eq!(tail.iter().map(|m| m.id).collect::<Vec<_>>(), ids[ids.len() - 50..]);
+    // From before the first id: older than the index holds, so a scan.
+    let mut read = Vec::new();
+    let mut after = ids[0] - 1;
+    while after < last {
+        let page = client.history(range(&room, after, last)).await?.into_inner();
+        assert!(page.covered_to > after, "every page moves on");
+        read.extend(page.messages.iter().map(|m| m.id));
+        after = page.covered_to;
+    }
+    assert_eq!(read, ids, "every message once, in order");
     Ok(())
 }
 

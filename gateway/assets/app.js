@@ -5,10 +5,12 @@
  * checks the session, joins the remembered rooms (replaying from the last id
  * seen after a reconnect), renders messages de-duplicated and sorted by id,
  * keeps sends pending until their ack and resends them with the same cid
- * after a reconnect. Shows who is in the current room: the members that
- * `joined` lists, kept up to date by `presence` frames. Reconnects with
- * full-jitter exponential backoff, or after the delay a draining gateway
- * asks for. User text only ever reaches the page through textContent.
+ * after a reconnect. Shows who is in the current room, and how many: the
+ * members that `joined` lists (or, in a room too big for `joined` to list,
+ * that one `members` request returns), kept up to date by `presence_diff`
+ * frames. Reconnects with full-jitter exponential backoff, or after the
+ * delay a draining gateway asks for. User text only ever reaches the page
+ * through textContent.
  *
  * Plain ES2020, no modules, no dependencies; loaded with `defer`.
  */
@@ -26,6 +28,7 @@
   const STATUS_MS = 5000;
   const MAX_KEEP = 2000;         // messages kept per room
   const RETRYABLE = new Set(['unavailable', 'timeout']);
+  const MEMBERS_RETRY_MS = 1000; // a refused `members` request is asked again after this (or retry_after_ms)
   const LOGIN = 'login';         // checkSession(): no valid session
 
   const $ = (id) => document.getElementById(id);
@@ -39,7 +42,7 @@
     attempt: 0,             // failed attempts since the last welcome
     reconnectAt: 0,
     timers: { reconnect: 0, countdown: 0, dead: 0, ping: 0, status: 0 },
-    rooms: new Map(),       // name -> { name, items, ids, lastId, readId, unread, joined, members }
+    rooms: new Map(),       // name -> { name, items, ids, lastId, readId, unread, joined, members, count, listed, asked }
     order: [],              // room names in the order shown
     current: DEFAULT_ROOM,
     outbox: new Map(),      // cid -> item (a send not acked yet)
@@ -87,7 +90,13 @@
   function room(name) {
     let r = st.rooms.get(name);
     if (!r) {
-      r = { name, items: [], ids: new Set(), lastId: 0, readId: 0, unread: 0, joined: false, members: new Set() };
+      r = {
+        name, items: [], ids: new Set(), lastId: 0, readId: 0, unread: 0, joined: false,
+        members: new Set(), // who is in the room, when `listed`
+        count: 0,           // how many: members.size when listed, else as `joined` said, moved by diffs
+        listed: false,      // members is the whole list (false after a truncated `joined`, until `members`)
+        asked: false,       // a `members` request is out for this join
+      };
       st.rooms.set(name, r);
       st.order.push(name);
     }
@@ -162,11 +171,26 @@
     renderMembers();
   }
 
-  /** The current room's members, sorted; the user's own name marked. */
+  /**
+   * The current room's members, sorted, the user's own name marked, and
+   * their count. A room too big for `joined` to list shows its count and
+   * asks for the list, once.
+   */
   function renderMembers() {
-    const names = [...room(st.current).members].sort();
-    $('members').replaceChildren(...names.map((n) => h('li', n === st.user ? 'member me' : 'member', n)));
-    $('member-count').textContent = names.length ? String(names.length) : '';
+    const r = room(st.current);
+    const names = r.listed ? [...r.members].sort() : [];
+    const items = names.map((n) => h('li', n === st.user ? 'member me' : 'member', n));
+    if (!r.listed && r.count > 0) items.push(h('li', 'member pending', 'loading the list…'));
+    $('members').replaceChildren(...items);
+    $('member-count').textContent = r.count ? String(r.count) : '';
+    askMembers(r);
+  }
+
+  /** Asks for the whole list of the current room if `joined` did not carry it. */
+  function askMembers(r) {
+    if (r.name !== st.current || r.listed || r.asked || !r.joined) return;
+    r.asked = true;
+    transmit({ type: 'members', room: r.name });
   }
 
   function renderRoomList() {
@@ -315,7 +339,8 @@
     switch (f.type) {
       case 'welcome': return onWelcome(f);
       case 'joined': return onJoined(f);
-      case 'presence': return onPresence(f);
+      case 'members': return onMembers(f);
+      case 'presence_diff': return onPresenceDiff(f);
       case 'message': return onMessage(f);
       case 'ack': return onAck(f);
       case 'error': return onError(f);
@@ -343,19 +368,50 @@
     const r = st.rooms.get(f.room);
     if (!r) return;
     r.joined = true;
+    r.asked = false;
     if (Array.isArray(f.members)) {
-      r.members = new Set(f.members.filter((m) => typeof m === 'string'));
-      if (r.name === st.current) renderMembers();
+      setMembers(r, f.members);
+    } else { // a big room: only the count, until a `members` answer
+      r.members = new Set();
+      r.listed = false;
+      r.count = Math.max(0, Number(f.count) || 0);
     }
+    if (r.name === st.current) renderMembers();
     st.outbox.forEach((item) => { if (item.room === r.name) sendItem(item); });
   }
 
-  /** A user's first socket joined a room, or its last one left. */
-  function onPresence(f) {
+  /** The whole list of a room, as of this point in the stream. */
+  function onMembers(f) {
     const r = st.rooms.get(f.room);
-    if (!r || typeof f.user !== 'string') return;
-    if (f.state === 'join') r.members.add(f.user);
-    else if (f.state === 'leave') r.members.delete(f.user);
+    if (!r || !Array.isArray(f.members)) return;
+    setMembers(r, f.members);
+    if (r.name === st.current) renderMembers();
+  }
+
+  function setMembers(r, names) {
+    r.members = new Set(names.filter((m) => typeof m === 'string'));
+    r.listed = true;
+    r.count = r.members.size;
+  }
+
+  /**
+   * What changed in a room over one batch: users whose first socket joined
+   * it, users whose last socket left it. A join of a member or a leave of a
+   * non-member (a change told again after the server lost Redis) is a no-op.
+   */
+  function onPresenceDiff(f) {
+    const r = st.rooms.get(f.room);
+    if (!r) return;
+    const names = (list) => (Array.isArray(list) ? list.filter((m) => typeof m === 'string') : []);
+    const joins = names(f.joins);
+    const leaves = names(f.leaves);
+    if (r.listed) {
+      joins.forEach((m) => r.members.add(m));
+      leaves.forEach((m) => r.members.delete(m));
+      r.count = r.members.size;
+    } else { // the `members` answer will include these; keep the count moving meanwhile
+      r.count = Math.max(0, r.count + joins.length - leaves.length);
+    }
     if (r.name === st.current) renderMembers();
   }
 
@@ -396,6 +452,7 @@
 
   function onError(f) {
     showStatus(f.message ? `${f.code}: ${f.message}` : String(f.code));
+    if (!f.cid) retryMembers(f);
     const item = f.cid ? st.outbox.get(f.cid) : null;
     if (!item) return;
     if (RETRYABLE.has(f.code)) { // stays pending: retry soon, and after any reconnect
@@ -406,6 +463,16 @@
     st.outbox.delete(f.cid);
     item.status = 'failed';
     paint(item);
+  }
+
+  /** An error without a cid may refuse a `members` request: ask again later. */
+  function retryMembers(f) {
+    if (f.code !== 'rate_limited' && f.code !== 'unavailable') return;
+    const r = room(st.current);
+    if (!r.asked || r.listed) return;
+    r.asked = false;
+    const wait = Math.max(MEMBERS_RETRY_MS, Number(f.retry_after_ms) || 0);
+    setTimeout(() => askMembers(r), wait);
   }
 
   // === user actions ===
@@ -495,6 +562,10 @@
     members: (name) => {
       const r = st.rooms.get(name || st.current);
       return r ? [...r.members].sort() : [];
+    },
+    memberCount: (name) => {
+      const r = st.rooms.get(name || st.current);
+      return r ? r.count : 0;
     },
   };
 

@@ -141,6 +141,18 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PRESENCE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub presence_ttl: Duration,
 
+    /// How long presence changes are gathered before each member of a room
+    /// is sent one `presence_diff` with their net effect: a crowd arriving
+    /// costs each member one frame per interval, not one per arrival.
+    #[arg(long, env = "GATEWAY_PRESENCE_BATCH", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub presence_batch: Duration,
+
+    /// The most members a `joined` frame lists; a bigger room's `joined`
+    /// carries only the count (`truncated`), and the client asks for the
+    /// list with a `members` frame if it wants it.
+    #[arg(long, env = "GATEWAY_JOINED_MEMBERS_MAX", default_value_t = 100)]
+    pub joined_members_max: usize,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -188,6 +200,9 @@ impl Config {
         if self.presence_heartbeat < Duration::from_millis(100) {
             return Err("--presence-heartbeat: at least 100ms".to_owned());
         }
+        if self.presence_batch < Duration::from_millis(10) || self.presence_batch > Duration::from_secs(60) {
+            return Err("--presence-batch: between 10ms and 60s".to_owned());
+        }
         if self.presence_ttl < self.presence_heartbeat * 2 {
             return Err(
                 "--presence-ttl: at least twice --presence-heartbeat, so one late beat is not a death".to_owned()
@@ -207,6 +222,8 @@ mod tests {
         assert!(config.validate().is_ok());
         assert_eq!(config.secret(), DEV_SESSION_SECRET);
         assert_eq!(config.session_max_age, Duration::from_secs(86_400));
+        assert_eq!(config.presence_batch, Duration::from_secs(1));
+        assert_eq!(config.joined_members_max, 100);
     }
 
     #[test]
@@ -233,5 +250,7 @@ mod tests {
         let ttl = Config::try_parse_from(["warren-gateway", "--presence-heartbeat", "3s", "--presence-ttl", "5s"])
             .expect("parses");
         assert!(ttl.validate().is_err(), "a TTL under two heartbeats");
+        let batch = Config::try_parse_from(["warren-gateway", "--presence-batch", "0s"]).expect("parses");
+        assert!(batch.validate().is_err(), "a batch interval of zero would spin");
     }
 }

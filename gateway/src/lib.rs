@@ -18,6 +18,7 @@
 //! - [`hub`]: rooms, members, replay and gap filling.
 //! - [`presence`]: who is in each room, across gateways, in Redis.
 //! - [`limits`]: sizes and rates, and the state that enforces them.
+//! - [`link`]: the seam between the rooms and the bridge link.
 //! - [`upstream`]: the gRPC link to the bridges.
 //! - [`error`]: HTTP errors and their statuses.
 //! - [`metrics`]: the Prometheus metrics, named in one place.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod hub;
 pub mod keepalive;
 pub mod limits;
+pub mod link;
 pub mod logins;
 pub mod mailbox;
 pub mod metrics;
@@ -89,11 +91,17 @@ pub async fn run(
     let upstream = Upstream::new(config.bridge_urls.clone());
     let hub = Hub::new(upstream.clone(), tracker.clone());
     let upstream_token = CancellationToken::new();
-    let upstream_task = tokio::spawn(upstream.clone().run(Arc::downgrade(&hub), upstream_token.clone()));
+    let rooms: std::sync::Weak<dyn link::Rooms> = Arc::downgrade(&hub) as _;
+    let upstream_task = tokio::spawn(upstream.clone().run(rooms, upstream_token.clone()));
 
     let instance: Arc<str> = config.instance_name().into();
-    let (presence, presence_tasks) =
-        Presence::new(&config.redis_url, &instance, config.presence_heartbeat, config.presence_ttl)?;
+    let (presence, presence_tasks) = Presence::new(
+        &config.redis_url,
+        &instance,
+        config.presence_heartbeat,
+        config.presence_ttl,
+        config.presence_batch,
+    )?;
     // Like the admin port, presence outlives the drain: its entries stay
     // while the sockets move, and are removed when the gateway exits.
     let presence_token = CancellationToken::new();

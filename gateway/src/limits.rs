@@ -17,6 +17,11 @@ use crate::config::Config;
 /// Consecutive rate-limited sends after which a socket is closed (1008).
 pub const ABUSE_STRIKES: u32 = 50;
 
+/// `members` requests per second one user may make over all its sockets on
+/// a gateway (burst: twice this). A page asks once per big room it shows,
+/// and each answer costs a Redis read and the room's whole list.
+pub const MEMBER_LISTS_PER_SECOND: u32 = 2;
+
 /// One socket's send bucket.
 pub type SendLimiter = DefaultDirectRateLimiter;
 
@@ -33,9 +38,12 @@ pub struct Limits {
     pub max_queue_bytes: usize,
     /// Whether to trust `X-Forwarded-For` for the source address.
     pub trust_forwarded_for: bool,
+    /// The most members a `joined` frame lists.
+    pub joined_members_max: usize,
     max_sockets_per_user: u32,
     send_quota: Quota,
     user_sends: DefaultKeyedRateLimiter<String>,
+    member_lists: DefaultKeyedRateLimiter<String>,
     handshakes: DefaultKeyedRateLimiter<IpAddr>,
     sockets_per_user: Mutex<HashMap<String, u32>>,
     /// The one clock every limiter reads: making a clock is not free (it
@@ -67,9 +75,11 @@ impl Limits {
             max_sockets: config.max_sockets,
             max_queue_bytes: config.max_queue_bytes,
             trust_forwarded_for: config.trust_forwarded_for,
+            joined_members_max: config.joined_members_max,
             max_sockets_per_user: config.max_sockets_per_user,
             send_quota: per_second(config.send_rate),
             user_sends: keyed(config.user_send_rate, &clock),
+            member_lists: keyed(MEMBER_LISTS_PER_SECOND, &clock),
             handshakes: keyed(config.handshake_rate, &clock),
             sockets_per_user: Mutex::new(HashMap::new()),
             clock,
@@ -99,6 +109,14 @@ impl Limits {
     /// How long to wait when the user is over its rate.
     pub fn user_send(&self, user: &str) -> Result<(), RetryAfter> {
         self.user_sends.check_key(&user.to_owned()).map_err(|n| self.retry_after(&n))
+    }
+
+    /// Takes one `members` request from the user's bucket.
+    ///
+    /// # Errors
+    /// How long to wait when the user is over its rate.
+    pub fn member_list(&self, user: &str) -> Result<(), RetryAfter> {
+        self.member_lists.check_key(&user.to_owned()).map_err(|n| self.retry_after(&n))
     }
 
     /// Takes one handshake from the source address's bucket.
@@ -137,6 +155,8 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.user_sends.retain_recent();
         self.user_sends.shrink_to_fit();
+        self.member_lists.retain_recent();
+        self.member_lists.shrink_to_fit();
         self.handshakes.retain_recent();
         self.handshakes.shrink_to_fit();
     }
@@ -170,6 +190,16 @@ mod tests {
         assert!(limits.user_send("a").is_ok() && limits.user_send("a").is_ok());
         assert!(limits.user_send("a").is_err());
         assert!(limits.user_send("b").is_ok());
+    }
+
+    #[test]
+    fn member_lists_are_limited_per_user() {
+        let limits = limits(&[]);
+        for _ in 0..MEMBER_LISTS_PER_SECOND * 2 {
+            assert!(limits.member_list("a").is_ok());
+        }
+        assert!(limits.member_list("a").is_err(), "over the burst");
+        assert!(limits.member_list("b").is_ok());
     }
 
     #[test]

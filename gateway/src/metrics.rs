@@ -31,6 +31,11 @@ pub fn describe() {
     describe_gauge!("warren_gateway_bridge_connected", "1 while a bridge stream is attached.");
     describe_counter!("warren_gateway_bridge_reconnects_total", "Bridge streams opened after the first.");
     describe_gauge!("warren_gateway_rooms", "Rooms with members on this gateway.");
+    describe_counter!(
+        "warren_gateway_history_requests_total",
+        "History reads sent to the bridge (identical reads in flight share one)."
+    );
+    describe_counter!("warren_gateway_joins_refused_total", "Joins answered with an error, by code.");
     describe_gauge!("warren_gateway_presence_entries", "(room, user) presence entries this gateway holds in Redis.");
     describe_counter!("warren_gateway_presence_heartbeats_total", "Presence heartbeats sent to Redis, by result.");
     describe_counter!(
@@ -138,10 +143,12 @@ pub fn presence_heartbeat(ok: bool) {
     counter!("warren_gateway_presence_heartbeats_total", "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
-/// `presence` frames queued to `sockets` sockets.
-pub fn presence_sent(sockets: usize) {
-    if sockets > 0 {
-        counter!("warren_gateway_frames_out_total", "type" => "presence").increment(sockets as u64);
+/// `presence_diff` frames queued to sockets: what a flush actually queued,
+/// so at most one per socket of a room per batch.
+pub fn presence_sent(frames: usize) {
+    if frames > 0 {
+        counter!("warren_gateway_frames_out_total", "type" => "presence_diff")
+            .increment(u64::try_from(frames).unwrap_or(u64::MAX));
     }
 }
 
@@ -150,4 +157,14 @@ pub fn presence_sent(sockets: usize) {
 pub fn presence_expired(entries: u64) {
     counter!("warren_gateway_presence_expirations_total").increment(1);
     counter!("warren_gateway_presence_expired_entries_total").increment(entries);
+}
+
+/// A history read went to the bridge.
+pub fn history_request() {
+    counter!("warren_gateway_history_requests_total").increment(1);
+}
+
+/// A join was refused with `code`.
+pub fn join_refused(code: &'static str) {
+    counter!("warren_gateway_joins_refused_total", "code" => code).increment(1);
 }

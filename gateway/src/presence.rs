@@ -7,11 +7,16 @@
 //! per gateway, the (room, user) pairs it holds and a heartbeat with a TTL.
 //! Lua scripts decide "first socket" and "last socket" atomically and
 //! publish each change, numbered, on [`CHANNEL`]; every gateway follows the
-//! channel and forwards `presence` frames to its own members of the room.
+//! channel, keeps each room's changes for one batch interval and then sends
+//! each of its own members of the room one `presence_diff` with their net
+//! effect ([`batch`]): a crowd of `n` arrivals costs each member one frame
+//! per interval, not `n`.
 //!
-//! - A socket's `joined` carries the members as of change `n`; the socket is
-//!   then sent only changes after `n`, so it never sees a change twice nor
-//!   misses one that raced with its join.
+//! - A socket's `joined` (or `members` answer) carries the members as of
+//!   change `n`; the socket is then told only changes after `n`, so it never
+//!   sees a change twice nor misses one that raced with its join: changes
+//!   that come while the answer is being made are held, and told with the
+//!   next batch once the answer is queued.
 //! - A crashed gateway stops beating; within TTL + one heartbeat period a
 //!   surviving gateway removes its entries, and announces `leave` only for
 //!   users that no live gateway holds: a user who reconnected elsewhere in
@@ -19,6 +24,7 @@
 //! - A draining gateway keeps the entries of its closing sockets (their
 //!   users are reconnecting elsewhere) and removes them when it exits.
 
+mod batch;
 mod store;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -33,18 +39,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::batch::{Diff, Entry, Reset};
 use self::store::{Keys, Link, Op, Snapshot, Writer};
 use crate::mailbox::{Mailbox, SocketId};
 use crate::metrics;
-use crate::protocol::ServerFrame;
 
 /// The Redis channel on which every presence change is announced.
 pub const CHANNEL: &str = "warren:presence";
 /// The longest a join waits for Redis before answering with what the
 /// gateway knows (its last view of the room).
 const JOIN_WAIT: Duration = Duration::from_secs(3);
-/// Changes kept for a socket whose join is still being answered.
-const MAX_HELD: usize = 1024;
+/// Changes kept for a socket whose join (or `members`) is still being
+/// answered.
+const MAX_HELD: usize = 4096;
 
 /// A change as published: `<seq>|<join|leave>|<room>|<user>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +80,8 @@ impl Change {
         Some(Self { seq, join, room, user })
     }
 
-    fn frame(&self) -> Bytes {
-        let state = if self.join { "join" } else { "leave" };
-        ServerFrame::Presence { room: &self.room, user: &self.user, state }.encode()
+    fn entry(&self) -> Entry {
+        Entry { seq: self.seq, join: self.join, user: self.user.as_str().into() }
     }
 }
 
@@ -86,9 +92,11 @@ struct Watcher {
     mailbox: Mailbox,
     /// Changes up to this number are in what the socket was told.
     after: u64,
-    /// False until `joined` is queued: changes are held back until then.
+    /// False while a `joined` or `members` answer is being made: changes
+    /// are held back until it is queued.
     ready: bool,
-    held: Vec<(u64, Bytes)>,
+    /// Changes of batches flushed while the socket was not ready.
+    held: Vec<Entry>,
 }
 
 /// A room with sockets (or held entries) on this gateway.
@@ -102,6 +110,8 @@ struct LocalRoom {
     /// when announcements may have been missed.
     view: BTreeSet<String>,
     view_seq: u64,
+    /// Changes announced since the last flush, in order.
+    pending: Vec<Entry>,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +121,8 @@ struct Local {
     sockets: HashMap<SocketId, HashSet<String>>,
     /// (room, user) pairs held, for the gauge.
     entries: usize,
+    /// Rooms with something to send at the next flush.
+    dirty: HashSet<String>,
 }
 
 /// Presence on this gateway: its sockets' rooms and the link to Redis.
@@ -130,13 +142,15 @@ pub struct Tasks {
     keys: Keys,
     heartbeat: Duration,
     ttl: Duration,
+    batch: Duration,
 }
 
 // === impl Presence ===
 
 impl Presence {
     /// Presence for the gateway `instance`, beating every `heartbeat` with a
-    /// TTL of `ttl`; nothing runs until [`Tasks::run`].
+    /// TTL of `ttl` and sending changes every `batch`; nothing runs until
+    /// [`Tasks::run`].
     ///
     /// # Errors
     /// When the Redis URL is unusable.
@@ -145,13 +159,14 @@ impl Presence {
         instance: &str,
         heartbeat: Duration,
         ttl: Duration,
+        batch: Duration,
     ) -> Result<(Arc<Self>, Tasks), redis::RedisError> {
         let client = redis::Client::open(redis_url)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let presence = Arc::new(Self { local: Mutex::default(), ops: tx, draining: AtomicBool::new(false) });
         let suffix: u32 = rand::random();
         let keys = Keys::new(format!("{instance}~{suffix:08x}").into());
-        let tasks = Tasks { presence: presence.clone(), ops: rx, client, keys, heartbeat, ttl };
+        let tasks = Tasks { presence: presence.clone(), ops: rx, client, keys, heartbeat, ttl, batch };
         Ok((presence, tasks))
     }
 
@@ -210,20 +225,50 @@ impl Presence {
         members.into_iter().collect()
     }
 
-    /// The socket's `joined` is queued: sends it the changes held meanwhile.
+    /// The socket's `joined` is queued: the changes held meanwhile go with
+    /// the room's next batch.
     pub fn joined(&self, room: &str, socket: SocketId) {
+        self.release(room, socket);
+    }
+
+    /// A socket asks for a room's whole member list: returns the members,
+    /// sorted, the socket's user included, as of a change after which the
+    /// socket is then told every change, like a join. Changes are held
+    /// until [`Presence::listed`], which must follow either way. `None`
+    /// when Redis did not answer in time (or the socket is not in the room).
+    pub async fn members(&self, room: &str, socket: SocketId) -> Option<Vec<String>> {
+        let answer = {
+            let mut local = self.lock();
+            let watcher = local.rooms.get_mut(room)?.watchers.get_mut(&socket)?;
+            watcher.ready = false;
+            let (tx, rx) = oneshot::channel();
+            let _ = self.ops.send(Op::Look { room: room.to_owned(), reply: tx });
+            rx
+        };
+        let snapshot = tokio::time::timeout(JOIN_WAIT, answer).await.ok().and_then(Result::ok).unwrap_or_default();
+        let seq = snapshot.seq?;
         let mut local = self.lock();
+        let watcher = local.rooms.get_mut(room)?.watchers.get_mut(&socket)?;
+        watcher.after = seq;
+        let mut members: BTreeSet<String> = snapshot.members.into_iter().collect();
+        members.insert(watcher.user.clone());
+        Some(members.into_iter().collect())
+    }
+
+    /// The socket's `members` answer (or its error) is queued: the changes
+    /// held meanwhile go with the room's next batch.
+    pub fn listed(&self, room: &str, socket: SocketId) {
+        self.release(room, socket);
+    }
+
+    fn release(&self, room: &str, socket: SocketId) {
+        let mut local = self.lock();
+        let local = &mut *local;
         let Some(watcher) = local.rooms.get_mut(room).and_then(|here| here.watchers.get_mut(&socket)) else { return };
         watcher.ready = true;
-        let mut sent = 0;
-        for (seq, frame) in std::mem::take(&mut watcher.held) {
-            if seq > watcher.after {
-                watcher.after = seq;
-                sent += 1;
-                watcher.mailbox.offer(frame);
-            }
+        if !watcher.held.is_empty() {
+            local.dirty.insert(room.to_owned());
         }
-        metrics::presence_sent(sent);
     }
 
     /// A socket left a room (a `leave` frame).
@@ -277,9 +322,11 @@ impl Presence {
         self.lock().rooms.keys().cloned().collect()
     }
 
-    /// Forwards an announced change to this gateway's sockets in its room.
+    /// Keeps an announced change for the next batch of its room, if this
+    /// gateway has sockets there.
     fn announce(&self, change: &Change) {
         let mut local = self.lock();
+        let local = &mut *local;
         let Some(here) = local.rooms.get_mut(&change.room) else { return };
         if change.seq > here.view_seq {
             here.view_seq = change.seq;
@@ -289,25 +336,31 @@ impl Presence {
                 here.view.remove(&change.user);
             }
         }
-        let frame = change.frame();
+        if here.watchers.is_empty() {
+            return;
+        }
+        here.pending.push(change.entry());
+        if !local.dirty.contains(&change.room) {
+            local.dirty.insert(change.room.clone());
+        }
+    }
+
+    /// Sends every room with news its batch: one frame per socket at most.
+    fn flush(&self) {
+        let rooms = std::mem::take(&mut self.lock().dirty);
         let mut sent = 0;
-        for watcher in here.watchers.values_mut() {
-            if !watcher.ready {
-                if watcher.held.len() < MAX_HELD {
-                    watcher.held.push((change.seq, frame.clone()));
-                }
-            } else if change.seq > watcher.after {
-                watcher.after = change.seq;
-                sent += 1;
-                watcher.mailbox.offer(frame.clone());
+        for room in rooms {
+            // One room at a time: joins elsewhere need not wait for them all.
+            if let Some(here) = self.lock().rooms.get_mut(&room) {
+                sent += here.flush(&room, None);
             }
         }
         metrics::presence_sent(sent);
     }
 
     /// After announcements may have been missed (the subscription broke):
-    /// tells each socket of a room what changed since its view, and takes
-    /// the snapshot as the new view.
+    /// tells each socket of a room, with what is pending, what changed
+    /// since the view, at once, and takes the snapshot as the new view.
     fn catch_up(&self, room: &str, snapshot: Snapshot) {
         let Some(seq) = snapshot.seq else { return };
         let mut local = self.lock();
@@ -315,20 +368,57 @@ impl Presence {
         let now: BTreeSet<String> = snapshot.members.into_iter().collect();
         let gone = here.view.difference(&now).map(|user| (false, user));
         let came = now.difference(&here.view).map(|user| (true, user));
-        let frames: Vec<Bytes> = gone
-            .chain(came)
-            .map(|(join, user)| Change { seq, join, room: room.to_owned(), user: user.clone() }.frame())
-            .collect();
-        for watcher in here.watchers.values_mut().filter(|watcher| watcher.ready) {
-            for frame in &frames {
-                watcher.mailbox.offer(frame.clone());
-            }
-            metrics::presence_sent(frames.len());
-            // Also when the counter went back (Redis lost its data).
-            watcher.after = seq;
-        }
+        let missed: Vec<Entry> =
+            gone.chain(came).map(|(join, user)| Entry { seq, join, user: user.as_str().into() }).collect();
+        // Pending changes go now too: the view already has them, so the
+        // snapshot's difference from it does not.
+        let sent = here.flush(room, Some(Reset { seq, missed: &missed }));
         here.view = now;
         here.view_seq = seq;
+        metrics::presence_sent(sent);
+    }
+}
+
+// === impl LocalRoom ===
+
+impl LocalRoom {
+    /// Sends each ready socket of the room one `presence_diff` of what it
+    /// was not told yet among the changes pending and those it held (and,
+    /// after a lost subscription, `reset`'s); sockets whose answer is still
+    /// being made hold the pending changes instead. Returns how many frames
+    /// were queued.
+    fn flush(&mut self, room: &str, reset: Option<Reset<'_>>) -> usize {
+        let pending = std::mem::take(&mut self.pending);
+        // Sockets told the same so far are told the same now: one frame,
+        // encoded once, for all of them (nearly every socket of a room).
+        let mut shared: HashMap<u64, (Option<Bytes>, u64)> = HashMap::new();
+        let mut sent = 0;
+        for watcher in self.watchers.values_mut() {
+            if !watcher.ready {
+                batch::hold(&mut watcher.held, &pending, MAX_HELD);
+                continue;
+            }
+            let frame = if watcher.held.is_empty() {
+                let (frame, after) = shared
+                    .entry(watcher.after)
+                    .or_insert_with_key(|&after| {
+                        let mut after = after;
+                        (Diff::news(&mut after, &[], &pending, reset).frame(room), after)
+                    })
+                    .clone();
+                watcher.after = after;
+                frame
+            } else {
+                let held = std::mem::take(&mut watcher.held);
+                Diff::news(&mut watcher.after, &held, &pending, reset).frame(room)
+            };
+            if let Some(frame) = frame
+                && watcher.mailbox.offer(frame)
+            {
+                sent += 1;
+            }
+        }
+        sent
     }
 }
 
@@ -341,15 +431,28 @@ impl Tasks {
     /// gateway's entries (announcing the leaves of users present nowhere
     /// else) and returns.
     pub async fn run(self, token: CancellationToken) {
-        let Self { presence, ops, client, keys, heartbeat, ttl } = self;
+        let Self { presence, ops, client, keys, heartbeat, ttl, batch } = self;
         let inner = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(follow(client.clone(), presence.clone(), inner.clone()));
+        tasks.spawn(flush_every(presence.clone(), batch, inner.clone()));
         tasks.spawn(store::sweep(client.clone(), keys.owner.clone(), heartbeat, inner.clone()));
         tasks.close();
         Writer::new(presence, keys, client, ttl).run(ops, heartbeat, token).await;
         inner.cancel();
         tasks.wait().await;
+    }
+}
+
+/// Every `every` until `token`, sends each room's batch of changes.
+async fn flush_every(presence: Arc<Presence>, every: Duration, token: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => presence.flush(),
+            () = token.cancelled() => return,
+        }
     }
 }
 
@@ -413,8 +516,11 @@ mod tests {
         assert!(Change::parse("x|join|lobby|a").is_none());
         assert!(Change::parse("1|stay|lobby|a").is_none());
         assert!(Change::parse("1|join|lobby").is_none());
-        let frame: serde_json::Value = serde_json::from_slice(&change.frame()).expect("json");
-        assert_eq!(frame, serde_json::json!({"type":"presence","room":"lobby","user":"alice.b-1","state":"leave"}));
+    }
+
+    fn presence() -> (Arc<Presence>, Tasks) {
+        let second = Duration::from_secs(1);
+        Presence::new("redis://127.0.0.1:1", "gw", second, second * 3, second).expect("url")
     }
 
     /// A socket's mailbox, and the same mailbox as its writer reads it.
@@ -423,21 +529,45 @@ mod tests {
         (mailbox.clone(), mailbox)
     }
 
-    fn texts(rx: &mut Mailbox) -> Vec<String> {
+    fn frames(rx: &mut Mailbox) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         rx.take(usize::MAX, |frame| {
             if let Outbound::Text(bytes) = frame {
-                out.push(String::from_utf8_lossy(&bytes).into_owned());
+                out.push(serde_json::from_slice(&bytes).expect("json"));
             }
         });
         out
+    }
+
+    fn diff(joins: &[&str], leaves: &[&str]) -> serde_json::Value {
+        serde_json::json!({"type":"presence_diff","room":"r","joins":joins,"leaves":leaves})
     }
 
     fn change(seq: u64, join: bool, user: &str) -> Change {
         Change { seq, join, room: "r".into(), user: user.into() }
     }
 
-    /// Joins with Redis answering `snapshot`, as the writer would.
+    fn snapshot(seq: u64, members: &[&str]) -> Snapshot {
+        Snapshot { seq: Some(seq), members: members.iter().map(|m| (*m).to_owned()).collect() }
+    }
+
+    /// Answers the next operation with `snapshot`, as the writer would;
+    /// true when it was an add.
+    async fn answer(ops: &mut mpsc::UnboundedReceiver<Op>, snapshot: Snapshot) -> bool {
+        match ops.recv().await.expect("an op") {
+            Op::Add { reply, .. } => {
+                reply.expect("reply").send(snapshot).expect("waiting");
+                true
+            }
+            Op::Look { reply, .. } => {
+                reply.send(snapshot).expect("waiting");
+                false
+            }
+            Op::Remove { .. } => panic!("unexpected remove"),
+        }
+    }
+
+    /// Joins with Redis answering `snapshot`.
     async fn join(
         presence: &Presence,
         ops: &mut mpsc::UnboundedReceiver<Op>,
@@ -446,45 +576,29 @@ mod tests {
         mailbox: &Mailbox,
         snapshot: Snapshot,
     ) -> (Vec<String>, bool) {
-        let answer = async {
-            match ops.recv().await.expect("an op") {
-                Op::Add { reply, .. } => {
-                    reply.expect("reply").send(snapshot).expect("waiting");
-                    true
-                }
-                Op::Look { reply, .. } => {
-                    reply.send(snapshot).expect("waiting");
-                    false
-                }
-                Op::Remove { .. } => panic!("unexpected remove"),
-            }
-        };
-        let (members, added) = tokio::join!(presence.join("r", user, id, mailbox), answer);
-        (members, added)
+        tokio::join!(presence.join("r", user, id, mailbox), answer(ops, snapshot))
     }
 
     #[tokio::test]
     async fn a_socket_gets_only_changes_after_its_snapshot_and_tabs_are_one_presence() {
-        let (presence, mut tasks) =
-            Presence::new("redis://127.0.0.1:1", "gw", Duration::from_secs(1), Duration::from_secs(3)).expect("url");
+        let (presence, mut tasks) = presence();
         let (mailbox, mut rx) = socket();
-        let snapshot = Snapshot { seq: Some(7), members: vec!["bob".into(), "ann".into()] };
-        let (members, added) = join(&presence, &mut tasks.ops, 1, "ann", &mailbox, snapshot).await;
+        let (members, added) = join(&presence, &mut tasks.ops, 1, "ann", &mailbox, snapshot(7, &["bob", "ann"])).await;
         assert!(added, "the first socket of ann adds her");
         assert_eq!(members, ["ann", "bob"]);
         // A change that raced with the join (seq 7: in the snapshot) and one after it.
         presence.announce(&change(7, true, "bob"));
         presence.announce(&change(8, true, "cy"));
-        assert!(texts(&mut rx).is_empty(), "held until joined is queued");
+        presence.flush();
+        assert!(frames(&mut rx).is_empty(), "held until joined is queued");
         presence.joined("r", 1);
-        let got = texts(&mut rx);
-        assert_eq!(got.len(), 1, "{got:?}");
-        assert!(got[0].contains(r#""user":"cy""#) && got[0].contains(r#""state":"join""#));
+        assert!(frames(&mut rx).is_empty(), "held changes go with the next batch");
+        presence.flush();
+        assert_eq!(frames(&mut rx), [diff(&["cy"], &[])]);
 
         // A second tab: no add; closing the first keeps ann present.
         let (tab, _tab_rx) = socket();
-        let (_, added) =
-            join(&presence, &mut tasks.ops, 2, "ann", &tab, Snapshot { seq: Some(8), members: vec![] }).await;
+        let (_, added) = join(&presence, &mut tasks.ops, 2, "ann", &tab, snapshot(8, &[])).await;
         assert!(!added, "a second tab only looks");
         presence.joined("r", 2);
         presence.socket_closed(1);
@@ -494,9 +608,83 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_crowd_costs_each_socket_one_frame_per_batch() {
+        let (presence, mut tasks) = presence();
+        let mut sockets = Vec::new();
+        for id in 1..=50 {
+            let (mailbox, rx) = socket();
+            let user = format!("u{id:02}");
+            join(&presence, &mut tasks.ops, id, &user, &mailbox, snapshot(id, &[])).await;
+            presence.joined("r", id);
+            sockets.push(rx);
+        }
+        for id in 1..=50 {
+            presence.announce(&change(id, true, &format!("u{id:02}")));
+        }
+        // dan came and went within the batch; eve was there and left.
+        presence.announce(&change(51, true, "dan"));
+        presence.announce(&change(52, false, "dan"));
+        presence.announce(&change(53, false, "eve"));
+        presence.flush();
+        for (index, rx) in sockets.iter_mut().enumerate() {
+            let got = frames(rx);
+            assert_eq!(got.len(), 1, "socket {index}: {got:?}");
+            // Each is told the arrivals after its own: never its own.
+            let later: Vec<String> = (index + 2..=50).map(|id| format!("u{id:02}")).collect();
+            let later: Vec<&str> = later.iter().map(String::as_str).collect();
+            assert_eq!(got[0], diff(&later, &["eve"]), "socket {index}");
+        }
+        presence.announce(&change(54, true, "dan"));
+        presence.announce(&change(55, false, "dan"));
+        presence.flush();
+        assert!(sockets.iter_mut().all(|rx| frames(rx).is_empty()), "a net no-op makes no frame");
+    }
+
+    #[tokio::test]
+    async fn members_answers_as_of_a_snapshot_and_holds_changes_meanwhile() {
+        let (presence, mut tasks) = presence();
+        let (mailbox, mut rx) = socket();
+        join(&presence, &mut tasks.ops, 1, "ann", &mailbox, snapshot(3, &["ann", "bob"])).await;
+        presence.joined("r", 1);
+        presence.announce(&change(4, true, "cy"));
+        let ask = async {
+            let members = presence.members("r", 1).await;
+            presence.listed("r", 1);
+            members
+        };
+        let changes = async {
+            // Lands while the answer is being made: held, then told if new.
+            presence.announce(&change(5, true, "dan"));
+            presence.announce(&change(6, true, "eve"));
+            presence.flush();
+            answer(&mut tasks.ops, snapshot(5, &["ann", "bob", "cy", "dan"])).await
+        };
+        let (members, added) = tokio::join!(ask, changes);
+        assert!(!added);
+        assert_eq!(members.expect("answered"), ["ann", "bob", "cy", "dan"]);
+        assert!(frames(&mut rx).is_empty(), "nothing was sent while the answer was made");
+        presence.flush();
+        assert_eq!(frames(&mut rx), [diff(&["eve"], &[])], "cy and dan are in the answer");
+    }
+
+    #[tokio::test]
+    async fn members_without_redis_answers_none_and_changes_flow_again() {
+        tokio::time::pause();
+        let (presence, mut tasks) = presence();
+        let (mailbox, mut rx) = socket();
+        join(&presence, &mut tasks.ops, 1, "ann", &mailbox, snapshot(3, &["ann"])).await;
+        presence.joined("r", 1);
+        assert_eq!(presence.members("r", 1).await, None, "Redis never answered");
+        presence.listed("r", 1);
+        presence.announce(&change(4, true, "bob"));
+        presence.flush();
+        assert_eq!(frames(&mut rx), [diff(&["bob"], &[])]);
+        assert_eq!(presence.members("elsewhere", 1).await, None, "not in that room");
+    }
+
+    #[tokio::test]
     async fn a_draining_gateway_keeps_the_entries_of_closing_sockets() {
-        let (presence, mut tasks) =
-            Presence::new("redis://127.0.0.1:1", "gw", Duration::from_secs(1), Duration::from_secs(3)).expect("url");
+        let (presence, mut tasks) = presence();
         let (mailbox, _rx) = socket();
         join(&presence, &mut tasks.ops, 1, "ann", &mailbox, Snapshot::default()).await;
         presence.drain();
@@ -507,18 +695,15 @@ mod tests {
 
     #[tokio::test]
     async fn catching_up_sends_what_changed_since_the_view() {
-        let (presence, mut tasks) =
-            Presence::new("redis://127.0.0.1:1", "gw", Duration::from_secs(1), Duration::from_secs(3)).expect("url");
+        let (presence, mut tasks) = presence();
         let (mailbox, mut rx) = socket();
-        let snapshot = Snapshot { seq: Some(5), members: vec!["ann".into(), "bob".into()] };
-        join(&presence, &mut tasks.ops, 1, "ann", &mailbox, snapshot).await;
+        join(&presence, &mut tasks.ops, 1, "ann", &mailbox, snapshot(5, &["ann", "bob"])).await;
         presence.joined("r", 1);
-        presence.catch_up("r", Snapshot { seq: Some(9), members: vec!["ann".into(), "cy".into()] });
-        let got = texts(&mut rx);
-        assert_eq!(got.len(), 2, "{got:?}");
-        assert!(got[0].contains(r#""user":"bob","state":"leave""#), "{got:?}");
-        assert!(got[1].contains(r#""user":"cy","state":"join""#), "{got:?}");
+        presence.announce(&change(6, true, "dan"));
+        presence.catch_up("r", snapshot(9, &["ann", "cy", "dan"]));
+        assert_eq!(frames(&mut rx), [diff(&["cy", "dan"], &["bob"])], "at once, pending changes included");
         presence.announce(&change(9, true, "cy"));
-        assert!(texts(&mut rx).is_empty(), "already told");
+        presence.flush();
+        assert!(frames(&mut rx).is_empty(), "already told");
     }
 }

@@ -20,6 +20,9 @@ pub enum ClientFrame {
     Leave { room: String },
     /// Send a message to a joined room.
     Send { room: String, text: String, cid: String },
+    /// Ask for the whole member list of a joined room (`joined` carries it
+    /// only up to a size).
+    Members { room: String },
     /// An application-level heartbeat (browsers cannot see WebSocket pings).
     Ping,
 }
@@ -31,6 +34,7 @@ impl ClientFrame {
             Self::Join { .. } => "join",
             Self::Leave { .. } => "leave",
             Self::Send { .. } => "send",
+            Self::Members { .. } => "members",
             Self::Ping => "ping",
         }
     }
@@ -75,8 +79,9 @@ struct JoinFields {
     since: Option<u64>,
 }
 
+/// The fields of a frame that names only a room (`leave`, `members`).
 #[derive(Deserialize)]
-struct LeaveFields {
+struct RoomFields {
     room: String,
 }
 
@@ -109,10 +114,10 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
             check_room(&room)?;
             Ok(ClientFrame::Join { room, since })
         }
-        "leave" => {
-            let LeaveFields { room } = serde_json::from_value(value.clone()).map_err(fields_error)?;
+        "leave" | "members" => {
+            let RoomFields { room } = serde_json::from_value(value.clone()).map_err(fields_error)?;
             check_room(&room)?;
-            Ok(ClientFrame::Leave { room })
+            Ok(if kind == "leave" { ClientFrame::Leave { room } } else { ClientFrame::Members { room } })
         }
         "send" => {
             let SendFields { room, text, cid } =
@@ -170,9 +175,20 @@ fn check_cid(cid: &str) -> Result<(), FrameError> {
 pub enum ServerFrame<'a> {
     /// First frame on every socket.
     Welcome { user: &'a str, instance: &'a str },
-    /// A join took effect; `members` are the users in the room now, sorted,
-    /// the joiner included.
-    Joined { room: &'a str, members: &'a [String] },
+    /// A join took effect; `count` users are in the room now, the joiner
+    /// included, and `members` lists them, sorted, unless there are more
+    /// than a cap (then `truncated`; the client asks with `members`). Built
+    /// by [`ServerFrame::joined`].
+    Joined {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<&'a [String]>,
+        count: usize,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// Answers `members`: every user in the room, sorted.
+    Members { room: &'a str, members: &'a [String] },
     /// A leave took effect.
     Left { room: &'a str },
     /// A chat message.
@@ -188,13 +204,25 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
-    /// A user's first socket joined a room (`state` = `join`), or its last
-    /// left (`leave`), on any gateway.
-    Presence { room: &'a str, user: &'a str, state: &'a str },
+    /// What changed in a room's presence over one batch interval: users
+    /// whose first socket (on any gateway) joined, and users whose last
+    /// socket left; each sorted, net of changes that cancelled out.
+    #[serde(rename = "presence_diff")]
+    PresenceDiff { room: &'a str, joins: &'a [&'a str], leaves: &'a [&'a str] },
     /// Reconnect (elsewhere) after this delay.
     Reconnect { after_ms: u64 },
     /// Answers a `ping`.
     Pong,
+}
+
+impl<'a> ServerFrame<'a> {
+    /// The `joined` frame for a room whose members are `members` (sorted):
+    /// the list itself only when it holds at most `cap` names, the count
+    /// always. A big room's list would make every join cost its size.
+    pub fn joined(room: &'a str, members: &'a [String], cap: usize) -> Self {
+        let truncated = members.len() > cap;
+        ServerFrame::Joined { room, members: (!truncated).then_some(members), count: members.len(), truncated }
+    }
 }
 
 impl ServerFrame<'_> {
@@ -245,6 +273,7 @@ mod tests {
             Ok(ClientFrame::Join { room: "lobby".into(), since: None })
         );
         assert_eq!(decode(r#"{"type":"leave","room":"a-b_1"}"#), Ok(ClientFrame::Leave { room: "a-b_1".into() }));
+        assert_eq!(decode(r#"{"type":"members","room":"lobby"}"#), Ok(ClientFrame::Members { room: "lobby".into() }));
         assert_eq!(decode(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping));
         assert_eq!(
             decode(r#"{"type":"send","room":"lobby","text":"hi","cid":"c-1","user":"mallory"}"#),
@@ -261,6 +290,8 @@ mod tests {
         assert_eq!(code(r#"{"type":"join","room":7}"#), "bad_frame");
         assert_eq!(code(r#"{"type":"join","room":"lobby","since":-1}"#), "bad_frame");
         assert_eq!(code(r#"{"type":"join","room":"Lobby!"}"#), "bad_room");
+        assert_eq!(code(r#"{"type":"members"}"#), "bad_frame");
+        assert_eq!(code(r#"{"type":"members","room":"Lobby!"}"#), "bad_room");
         assert_eq!(code(r#"{"type":"send","room":"lobby","text":"  ","cid":"c"}"#), "bad_text");
         let long = "x".repeat(MAX_TEXT_CHARS + 1);
         assert_eq!(code(&format!(r#"{{"type":"send","room":"lobby","text":"{long}","cid":"c"}}"#)), "bad_text");
@@ -289,12 +320,26 @@ mod tests {
         assert_eq!(json, serde_json::json!({"type":"welcome","user":"a","instance":"gw-1"}));
         let json: Value = serde_json::from_slice(&ServerFrame::Reconnect { after_ms: 5 }.encode()).expect("json");
         assert_eq!(json, serde_json::json!({"type":"reconnect","after_ms":5}));
+        let diff = ServerFrame::PresenceDiff { room: "lobby", joins: &["bob"], leaves: &["carol", "dan"] };
+        let json: Value = serde_json::from_slice(&diff.encode()).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"type":"presence_diff","room":"lobby","joins":["bob"],"leaves":["carol","dan"]})
+        );
         let members = ["alice".to_owned(), "bob".to_owned()];
         let json: Value =
-            serde_json::from_slice(&ServerFrame::Joined { room: "lobby", members: &members }.encode()).expect("json");
-        assert_eq!(json, serde_json::json!({"type":"joined","room":"lobby","members":["alice","bob"]}));
-        let presence = ServerFrame::Presence { room: "lobby", user: "bob", state: "leave" };
-        let json: Value = serde_json::from_slice(&presence.encode()).expect("json");
-        assert_eq!(json, serde_json::json!({"type":"presence","room":"lobby","user":"bob","state":"leave"}));
+            serde_json::from_slice(&ServerFrame::Members { room: "lobby", members: &members }.encode()).expect("json");
+        assert_eq!(json, serde_json::json!({"type":"members","room":"lobby","members":["alice","bob"]}));
+    }
+
+    #[test]
+    fn joined_lists_the_members_up_to_the_cap_and_always_counts_them() {
+        let members = ["alice".to_owned(), "bob".to_owned()];
+        let json = |cap| -> Value {
+            serde_json::from_slice(&ServerFrame::joined("lobby", &members, cap).encode()).expect("json")
+        };
+        assert_eq!(json(2), serde_json::json!({"type":"joined","room":"lobby","members":["alice","bob"],"count":2}));
+        assert_eq!(json(1), serde_json::json!({"type":"joined","room":"lobby","count":2,"truncated":true}));
+        assert_eq!(json(0)["truncated"], true, "a cap of 0 never lists");
     }
 }

@@ -1,9 +1,9 @@
 //! The gateway's link to the bridges: one `Attach` stream to one bridge at a
 //! time, moved to the next bridge in the list when it fails or drains.
 //!
-//! On every new stream the gateway subscribes its rooms again after the last
-//! id each has seen, so the rooms resume without a gap; the hub drops anything
-//! seen twice. Publishes are correlated by a request id; those in flight when
+//! On every new stream the gateway subscribes its rooms again; each
+//! `Subscribed` names the room's newest id, and the hub fills what its
+//! members missed meanwhile and drops anything seen twice. Publishes are correlated by a request id; those in flight when
 //! a stream breaks fail with a retryable error and the client resends the same
 //! cid (the bridge de-duplicates it).
 
@@ -12,17 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use ops::backoff::Backoff;
 use proto::warren::v1::bridge_client::BridgeClient;
 use proto::warren::v1::bridge_frame::Kind as In;
 use proto::warren::v1::gateway_frame::Kind as Out;
-use proto::warren::v1::{GatewayFrame, HistoryRequest, Message, Publish, Subscribe, Unsubscribe};
+use proto::warren::v1::{GatewayFrame, HistoryRequest, Publish, Subscribe, Unsubscribe};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::hub::Hub;
+use crate::link::{Bridge, HistoryError, HistoryPage, HistoryResult, Refusal, Rooms};
 
 /// Frames queued towards the bridge before publishes are refused.
 const OUTBOUND_BUFFER: usize = 4096;
@@ -46,17 +48,6 @@ impl PublishFailure {
     fn unavailable(message: &str) -> Self {
         Self { code: "unavailable".to_owned(), message: message.to_owned() }
     }
-}
-
-/// Why a history read failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    /// No bridge right now.
-    #[error("no bridge connected")]
-    Disconnected,
-    /// The bridge answered with an error.
-    #[error("bridge: {0}")]
-    Status(#[from] tonic::Status),
 }
 
 /// The gateway's side of the bridge contract.
@@ -118,17 +109,6 @@ impl Upstream {
         link.frames.try_send(GatewayFrame { kind: Some(kind) }).is_ok()
     }
 
-    /// Asks for a room's messages after `after_id` (newest stored without).
-    /// Without a stream this is a no-op: the next stream subscribes anyway.
-    pub fn subscribe(&self, room: &str, after_id: Option<u64>) {
-        self.send(Out::Subscribe(Subscribe { room: room.to_owned(), after_id }));
-    }
-
-    /// Stops a room's messages.
-    pub fn unsubscribe(&self, room: &str) {
-        self.send(Out::Unsubscribe(Unsubscribe { room: room.to_owned() }));
-    }
-
     /// Publishes and waits for the message's id.
     ///
     /// # Errors
@@ -168,18 +148,8 @@ impl Upstream {
         }
     }
 
-    /// Reads a room's ids `(after_id, up_to_id]` (one page at most).
-    ///
-    /// # Errors
-    /// When no bridge is attached or it fails.
-    pub async fn history(&self, room: &str, after_id: u64, up_to_id: u64) -> Result<Vec<Message>, HistoryError> {
-        let mut client = self.lock().link.as_ref().map(|link| link.client.clone()).ok_or(HistoryError::Disconnected)?;
-        let request = HistoryRequest { room: room.to_owned(), after_id, up_to_id };
-        Ok(client.history(request).await?.into_inner().messages)
-    }
-
     /// Keeps a stream to some bridge until `shutdown`, feeding `hub`.
-    pub async fn run(self: Arc<Self>, hub: Weak<Hub>, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, hub: Weak<dyn Rooms>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // Always start with the first bridge: operators spread gateways over
         // bridges by the order of each gateway's list (or one Service URL).
@@ -204,7 +174,7 @@ impl Upstream {
     async fn attach(
         &self,
         url: &str,
-        hub: &Weak<Hub>,
+        hub: &Weak<dyn Rooms>,
         shutdown: &CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_owned())?
@@ -231,8 +201,8 @@ impl Upstream {
         crate::metrics::bridge_attached(true, reconnect);
         tracing::info!(bridge = %url, "attached to bridge");
         if let Some(hub) = hub.upgrade() {
-            for (room, after_id) in hub.subscriptions() {
-                self.subscribe(&room, after_id);
+            for room in hub.rooms() {
+                Bridge::subscribe(self, &room);
             }
         }
         loop {
@@ -263,7 +233,20 @@ impl Upstream {
                     tracing::info!(bridge = %url, "bridge is draining; moving");
                     return Ok(());
                 }
-                Some(In::Subscribed(_)) | None => {}
+                Some(In::Subscribed(subscribed)) => {
+                    if let Some(hub) = hub.upgrade() {
+                        hub.subscribed(&subscribed.room, subscribed.last_id);
+                    }
+                }
+                Some(In::SubscribeFailed(failed)) => {
+                    tracing::warn!(bridge = %url, room = %failed.room, reason = %failed.message, "subscription refused");
+                    if let Some(hub) = hub.upgrade() {
+                        let refusal =
+                            Refusal { code: failed.code, message: failed.message, retryable: failed.retryable };
+                        hub.subscribe_failed(&failed.room, refusal);
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -284,6 +267,29 @@ impl Upstream {
         for (_, waiter) in state.pending.drain() {
             let _ = waiter.send(Err(PublishFailure::unavailable("the bridge connection was lost; retry")));
         }
+    }
+}
+
+// === impl Bridge for Upstream ===
+
+impl Bridge for Upstream {
+    fn subscribe(&self, room: &str) {
+        self.send(Out::Subscribe(Subscribe { room: room.to_owned() }));
+    }
+
+    fn unsubscribe(&self, room: &str) {
+        self.send(Out::Unsubscribe(Unsubscribe { room: room.to_owned() }));
+    }
+
+    fn history(&self, room: &str, after: u64, up_to: u64, newest: u32) -> BoxFuture<'static, HistoryResult> {
+        let client = self.lock().link.as_ref().map(|link| link.client.clone());
+        let request = HistoryRequest { room: room.to_owned(), after_id: after, up_to_id: up_to, newest };
+        async move {
+            let mut client = client.ok_or(HistoryError::Disconnected)?;
+            let reply = client.history(request).await?.into_inner();
+            Ok(HistoryPage { messages: reply.messages, covered_to: reply.covered_to })
+        }
+        .boxed()
     }
 }
 

@@ -249,11 +249,19 @@ impl Handler {
                 if since.is_some() {
                     metrics::resumed();
                 }
+                let ticket = match self.shared.hub.subscribe(&room).await {
+                    Ok(ticket) => ticket,
+                    Err(error) => {
+                        self.queue("error", join_error(&room, &error).encode());
+                        return None;
+                    }
+                };
                 let user = self.user.as_str();
                 let members = self.shared.presence.join(&room, user, self.id, &self.mailbox).await;
-                self.queue("joined", ServerFrame::Joined { room: &room, members: &members }.encode());
+                let cap = self.shared.limits.joined_members_max;
+                self.queue("joined", ServerFrame::joined(&room, &members, cap).encode());
                 self.shared.presence.joined(&room, self.id);
-                self.shared.hub.join(&room, self.id, self.mailbox.clone(), since);
+                self.shared.hub.join(ticket, self.id, self.mailbox.clone(), since);
                 self.rooms.insert(room);
             }
             ClientFrame::Leave { room } => {
@@ -263,6 +271,7 @@ impl Handler {
                 }
                 self.queue("left", ServerFrame::Left { room: &room }.encode());
             }
+            ClientFrame::Members { room } => self.on_members(&room).await,
             ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()),
             ClientFrame::Send { room, text, cid } => {
                 if !self.rooms.contains(&room) {
@@ -286,6 +295,31 @@ impl Handler {
             }
         }
         None
+    }
+
+    /// Answers `members` with the whole list of a joined room, as of a
+    /// point after which the socket is told every change (see
+    /// [`crate::presence::Presence::members`]).
+    async fn on_members(&self, room: &str) {
+        if !self.rooms.contains(room) {
+            let error = FrameError::new("not_joined", format!("join {room:?} before asking for its members"));
+            self.queue("error", error.encode());
+            return;
+        }
+        if let Err(RetryAfter(wait)) = self.shared.limits.member_list(self.user.as_str()) {
+            let error = FrameError::new("rate_limited", "too many member lists; retry later").with_retry_after(wait);
+            self.queue("error", error.encode());
+            return;
+        }
+        let presence = &self.shared.presence;
+        match presence.members(room, self.id).await {
+            Some(members) => self.queue("members", ServerFrame::Members { room, members: &members }.encode()),
+            None => {
+                let error = FrameError::new("unavailable", "the member list is unavailable now; retry later");
+                self.queue("error", error.encode());
+            }
+        }
+        presence.listed(room, self.id);
     }
 
     /// One send from the socket's bucket and the user's.
@@ -460,4 +494,12 @@ fn frame_into(batch: &mut Vec<u8>, mut frame: Frame<'_>) {
     batch.reserve(head_len + frame.payload.len());
     batch.extend_from_slice(&head[..head_len]);
     batch.extend_from_slice(&frame.payload);
+}
+
+/// The `error` frame for a join that did not take: retryable ones say when
+/// to try again.
+fn join_error(room: &str, error: &crate::hub::JoinError) -> FrameError {
+    let code = if error.retryable() { "unavailable" } else { "rejected" };
+    let frame = FrameError::new(code, format!("cannot join {room:?}: {error}"));
+    if error.retryable() { frame.with_retry_after(std::time::Duration::from_secs(1)) } else { frame }
 }

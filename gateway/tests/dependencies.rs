@@ -199,17 +199,22 @@ async fn gateway_started_without_a_bridge_answers_unavailable_and_recovers() -> 
     // Sessions work (Redis is up); chat waits for a bridge.
     let mut socket = logged_in_socket(gateway.addr, "early").await?;
     let room = testkit::unique("bridge-late");
-    socket.join(&room, None).await?;
-    let refused = send_once(&mut socket, &room, "before-bridge").await?;
+    // No bridge takes the room's subscription: the join is refused, never
+    // answered with `joined` for a room that would stay silent.
+    socket.send(&json!({"type": "join", "room": room})).await?;
+    let refused = socket.next_matching(|f| f["type"] == "joined" || f["type"] == "error").await?;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "unavailable", "retryable: {refused}");
-    assert!(refused["message"].as_str().is_some_and(|m| m.contains("bridge")), "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+    let refused = send_once(&mut socket, &room, "before-bridge").await?;
+    assert_eq!(refused["code"], "not_joined", "{refused}");
     assert_not_ready(gateway.admin, "bridge").await?;
 
     // The bridge comes up on its address: the gateway attaches by itself.
     stack.restart_bridge(0).await?;
     let gateway = &stack.gateways[0];
     eventually("the gateway turns ready", || async { Ok(readyz(gateway.admin).await?.0 == StatusCode::OK) }).await?;
+    socket.join(&room, None).await?;
     assert_send_delivered(&mut socket, &room, "before-bridge").await?;
     Ok(())
 }

@@ -84,7 +84,7 @@ fn expected(text: &str) -> Expected {
 fn expected_for(object: &Map<String, Value>) -> Expected {
     let string = |name: &str| object.get(name).and_then(Value::as_str);
     let Some(kind) = string("type") else { return refused(&["bad_frame"]) };
-    if !matches!(kind, "join" | "leave" | "send" | "ping") {
+    if !matches!(kind, "join" | "leave" | "send" | "members" | "ping") {
         return refused(&["unknown_type"]);
     }
     // Every rule the frame breaks; `decode` may name any one of them.
@@ -118,6 +118,7 @@ fn expected_for(object: &Map<String, Value>) -> Expected {
     Expected::Frame(match kind {
         "join" => ClientFrame::Join { room: field("room"), since: since.and_then(Value::as_u64) },
         "leave" => ClientFrame::Leave { room: field("room") },
+        "members" => ClientFrame::Members { room: field("room") },
         "send" => ClientFrame::Send { room: field("room"), text: field("text"), cid: field("cid") },
         _ => ClientFrame::Ping,
     })
@@ -138,7 +139,7 @@ fn check_decode(text: &str) -> Result<(), TestCaseError> {
         prop_assert!((1..=MAX_TEXT_CHARS).contains(&text.chars().count()) && !text.trim().is_empty());
         prop_assert!(cid_ok(cid), "cid {:?}", cid);
     }
-    if let Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room }) = &actual {
+    if let Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::Members { room }) = &actual {
         prop_assert!(room_ok(room));
     }
     Ok(())
@@ -191,7 +192,7 @@ fn field_value() -> impl Strategy<Value = Value> {
 /// sometimes unknown fields.
 fn frame_object() -> impl Strategy<Value = Value> {
     let kind = prop_oneof![
-        8 => prop::sample::select(vec!["join", "leave", "send", "ping"]).prop_map(Value::from),
+        8 => prop::sample::select(vec!["join", "leave", "send", "members", "ping"]).prop_map(Value::from),
         1 => "\\PC{0,12}".prop_map(Value::from),
         1 => field_value(),
     ];
@@ -250,6 +251,7 @@ fn json_soup() -> impl Strategy<Value = String> {
             "\"type\"",
             "\"join\"",
             "\"send\"",
+            "\"members\"",
             "\"room\"",
             "\"text\"",
             "\"cid\"",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use http::StatusCode;
 use testkit::http::Client;
-use testkit::stack::{Shape, Stack, TEST_SECRET, redis_url, repo_root};
+use testkit::stack::{Extras, Shape, Stack, TEST_SECRET, redis_url, repo_root};
 use tokio::process::Command;
 
 fn js_dir() -> PathBuf {
@@ -68,7 +68,11 @@ async fn sessions_are_shared_with_express_session() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn the_page_chats_across_gateways_in_headless_chromium() -> anyhow::Result<()> {
-    let stack = Stack::start(Shape { bridges: 1, gateways: 3, haproxy: true }).await?;
+    // `joined` lists one member at most: the page of the second user in the
+    // room only gets the count, and must ask for the list.
+    let gateway_env = vec![("GATEWAY_JOINED_MEMBERS_MAX".to_owned(), "1".to_owned())];
+    let extras = Extras { gateway_env, ..Extras::default() };
+    let stack = Stack::start_with(Shape { bridges: 1, gateways: 3, haproxy: true }, extras).await?;
     let url = format!("http://{}", stack.front());
     let screenshot = std::env::temp_dir().join(testkit::unique("warren-page")).with_extension("png");
     let screenshot = screenshot.to_string_lossy().into_owned();

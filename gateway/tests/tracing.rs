@@ -75,7 +75,7 @@ async fn one_message_is_one_trace_across_every_hop() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let spans = loop {
         let spans = receiver.spans.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
-        let complete = named(&spans, "gateway.deliver").len() >= 2 && named(&spans, "bridge.forward").len() >= 2;
+        let complete = named(&spans, "gateway.deliver").len() >= 2 && !named(&spans, "bridge.forward").is_empty();
         if complete || tokio::time::Instant::now() > deadline {
             break spans;
         }
@@ -89,7 +89,9 @@ async fn one_message_is_one_trace_across_every_hop() -> anyhow::Result<()> {
     assert_eq!(publish.len(), 1, "one publish in the send's trace");
     assert_eq!(publish[0].parent_span_id, send.span_id, "publish is a child of the send");
     let forwards = in_trace("bridge.forward");
-    assert_eq!(forwards.len(), 2, "one forward per subscribed gateway");
+    // The bridge reads the message once from its partition and streams it to
+    // every subscribed gateway from that one read.
+    assert_eq!(forwards.len(), 1, "one forward per bridge");
     assert!(forwards.iter().all(|f| f.parent_span_id == publish[0].span_id), "forwards are children of the publish");
     let delivers = in_trace("gateway.deliver");
     assert_eq!(delivers.len(), 2, "both gateways deliver within the same trace");

@@ -10,6 +10,11 @@
 //!   time to `welcome`.
 //! - [`drain`]: clients on one gateway, which is sent SIGTERM; time until
 //!   all are back and receiving, messages missed.
+//! - [`rooms`]: many rooms of a few members, and idle rooms; joins answered,
+//!   one message per room delivered to every member, and what the broker
+//!   holds before and after.
+//! - [`crowd`]: many members joining one room while publishers send into
+//!   it; latency, messages missing per member, presence and `joined` costs.
 //!
 //! What they share:
 //!
@@ -17,6 +22,8 @@
 //!   own started with `testkit`) and which processes to measure.
 //! - [`clients`]: logins, source addresses, minimal frame parsing, clocks.
 //! - [`procs`]: CPU time and RSS of processes, from `/proc`.
+//! - [`broker`]: the RabbitMQ node's descriptors, channels, queues, memory.
+//! - [`scrape`]: the gateways' own counters, from their `/metrics`.
 //! - [`slow`]: slow readers (sockets that stop reading) and how they ended.
 //! - [`histogram`]: a lock-free latency histogram.
 //! - [`progress`]: the line per second.
@@ -26,14 +33,18 @@
 //! Every run is bounded in count and time and talks to loopback addresses
 //! only (the target addresses are checked).
 
+pub mod broker;
 pub mod cli;
 pub mod clients;
+pub mod crowd;
 pub mod drain;
 pub mod fanout;
 pub mod histogram;
 pub mod idle;
 pub mod procs;
 pub mod progress;
+pub mod rooms;
+pub mod scrape;
 pub mod slow;
 pub mod storm;
 pub mod summary;

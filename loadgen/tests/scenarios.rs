@@ -1,12 +1,13 @@
 //! Each `warren-load` scenario at a tiny size against a stack of its own
-//! (debug binaries from `target/debug`, the shared Redis and RabbitMQ): the
+//! (debug binaries from `target/debug`, the shared Redis and RabbitMQ; the
+//! rooms run a private RabbitMQ node, as `warren-load rooms` does): the
 //! summaries must add up. Nothing here is timed: figures come from
 //! `scripts/bench`.
 
 use std::time::Duration;
 
 use loadgen::load::target::{Target, TargetSpec};
-use loadgen::load::{drain, fanout, idle, storm};
+use loadgen::load::{crowd, drain, fanout, idle, rooms, storm};
 use serde_json::Value;
 
 fn fanout_params(step: Option<fanout::Step>) -> fanout::Params {
@@ -165,6 +166,84 @@ async fn drain_brings_everyone_back_without_missing_a_message() -> anyhow::Resul
         assert!(run["all_back_ms"].is_u64() && run["gateway_exit_ms"].is_u64(), "{summary}");
     }
     assert_eq!(summary["runs"].as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+/// The shape `warren-load rooms` and `crowd` start: 3 gateways behind
+/// HAProxy, 1 bridge.
+fn behind_haproxy(private_services: bool) -> TargetSpec {
+    TargetSpec { gateways: 3, haproxy: true, private_services, ..TargetSpec::default() }
+}
+
+#[tokio::test]
+async fn rooms_deliver_one_message_to_every_member_and_read_the_broker() -> anyhow::Result<()> {
+    let target = Target::start(&behind_haproxy(true)).await?;
+    let params = rooms::Params {
+        rooms: 60,
+        members: 2,
+        idle_rooms: 20,
+        rooms_per_socket: 32,
+        sockets_per_user: 8,
+        send_rate: 200.0,
+        concurrency: 16,
+        sources: 2,
+        settle: Duration::from_secs(15),
+        broker_node: None,
+    };
+    let summary = rooms::run(&target, &params).await?;
+    assert_eq!(u64_at(&summary, "/idle/acked"), 20, "{summary}");
+    assert_eq!(u64_at(&summary, "/idle/left"), 20, "{summary}");
+    assert_eq!(u64_at(&summary, "/joins/joined"), 120, "{summary}");
+    assert!(summary["joins"]["errors"].as_object().is_some_and(serde_json::Map::is_empty), "{summary}");
+    assert_eq!(u64_at(&summary, "/sends/acked"), 60, "{summary}");
+    assert_eq!(u64_at(&summary, "/deliveries/expected"), 120, "{summary}");
+    assert_eq!(u64_at(&summary, "/deliveries/received"), 120, "{summary}");
+    assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/deliveries/latency/count"), 120, "{summary}");
+    // The private node is found and answers: every figure is read.
+    for reading in ["before", "after_idle", "after"] {
+        for figure in ["fds", "fd_limit", "channels", "queues", "memory_bytes", "rss_kib"] {
+            u64_at(&summary, &format!("/broker/{reading}/{figure}"));
+        }
+    }
+    assert!(summary["broker"]["change"]["fds"].is_i64(), "{summary}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crowd_joining_one_room_gets_every_message_once() -> anyhow::Result<()> {
+    let target = Target::start(&behind_haproxy(false)).await?;
+    let params = crowd::Params {
+        members: 60,
+        publishers: 3,
+        rate: 20.0,
+        duration: Duration::from_secs(5),
+        join_within: Duration::from_secs(2),
+        settle: Duration::from_secs(15),
+        text_bytes: 64,
+        concurrency: 16,
+        sources: 2,
+    };
+    let summary = crowd::run(&target, &params).await?;
+    assert_eq!(u64_at(&summary, "/joins/joined"), 60, "{summary}");
+    assert_eq!(u64_at(&summary, "/joins/joined_latency/count"), 60, "{summary}");
+    let sent = u64_at(&summary, "/publishing/sent");
+    assert!(sent >= 90, "{summary}");
+    assert_eq!(u64_at(&summary, "/publishing/acked"), sent, "{summary}");
+    // Publishing began with the first member in, before the last one.
+    assert!(u64_at(&summary, "/joins/joined_after_publishing_began") > 0, "{summary}");
+    assert!(u64_at(&summary, "/deliveries/expected") > 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
+    assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
+    assert!(u64_at(&summary, "/latency/count") > 0, "{summary}");
+    assert!(!summary["latency_by_second"].as_array().is_none_or(Vec::is_empty), "{summary}");
+    // Arrivals are told, as `presence` or batched `presence_diff` frames.
+    u64_at(&summary, "/presence/presence_frames/max");
+    u64_at(&summary, "/presence/presence_diff_frames/max");
+    assert!(u64_at(&summary, "/presence/changes_told/total") > 0, "{summary}");
+    assert!(u64_at(&summary, "/joined_frames/bytes/max") > 0, "{summary}");
+    assert!(summary["gateways"].is_object(), "{summary}");
     Ok(())
 }
 

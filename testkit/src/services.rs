@@ -177,6 +177,7 @@ async fn redis_ping(addr: SocketAddr) -> bool {
 #[derive(Debug)]
 pub struct RabbitNode {
     node: String,
+    options: NodeOptions,
     port: u16,
     dist_port: u16,
     bin_dir: PathBuf,
@@ -187,6 +188,15 @@ pub struct RabbitNode {
     dir: ScratchDir,
 }
 
+/// Limits a private node starts with, to see Warren under a short broker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeOptions {
+    /// The open-files limit of the node's process (`ulimit -n`).
+    pub open_files: Option<u32>,
+    /// The most channels one connection may open (`channel_max`).
+    pub channel_max: Option<u16>,
+}
+
 impl RabbitNode {
     /// Starts a node and waits until it answers AMQP and `rabbitmqctl
     /// await_startup` returns (about 10 s here, at most 60 s).
@@ -194,6 +204,14 @@ impl RabbitNode {
     /// # Errors
     /// When the node cannot be spawned or does not become ready in time.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(NodeOptions::default()).await
+    }
+
+    /// Starts a node with these limits, as [`RabbitNode::start`].
+    ///
+    /// # Errors
+    /// As [`RabbitNode::start`].
+    pub async fn start_with(options: NodeOptions) -> anyhow::Result<Self> {
         let bin_dir = rabbit_bin_dir()?;
         let dir = ScratchDir::new("warren-rabbit")?;
         let node = format!("{}@localhost", crate::unique("warren"));
@@ -201,12 +219,15 @@ impl RabbitNode {
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(dir.path.join(sub))?;
         }
-        let config = format!(
+        let mut config = format!(
             "listeners.tcp.1 = 127.0.0.1:{port}\n\
              loopback_users.guest = true\n\
              disk_free_limit.absolute = 50MB\n\
              vm_memory_high_watermark.relative = 0.4\n"
         );
+        if let Some(channel_max) = options.channel_max {
+            config.push_str(&format!("channel_max = {channel_max}\n"));
+        }
         std::fs::write(dir.path.join("rabbitmq.conf"), config)?;
         std::fs::write(dir.path.join("enabled_plugins"), "[].\n")?;
         // Our own (empty) env file, not /etc/rabbitmq/rabbitmq-env.conf.
@@ -218,7 +239,7 @@ impl RabbitNode {
             .mode(0o600)
             .open(dir.path.join("home/.erlang.cookie"))?
             .write_all(cookie.as_bytes())?;
-        let mut rabbit = Self { node, port, dist_port, bin_dir, child: None, beam_pid: None, dir };
+        let mut rabbit = Self { node, options, port, dist_port, bin_dir, child: None, beam_pid: None, dir };
         rabbit.spawn().await?;
         Ok(rabbit)
     }
@@ -314,7 +335,16 @@ impl RabbitNode {
         let path = |sub: &str| self.dir.path.join(sub);
         let log = path("stdout.log");
         let _ = std::fs::remove_file(path("rabbitmq.pid"));
-        let mut command = Command::new(self.bin_dir.join("rabbitmq-server"));
+        let server = self.bin_dir.join("rabbitmq-server");
+        let mut command = match self.options.open_files {
+            // The shell lowers its limit, then becomes the server.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &limit.to_string()]).arg(&server);
+                shell
+            }
+            None => Command::new(server),
+        };
         command
             .envs(self.env())
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")

@@ -332,6 +332,15 @@ pub async fn start_bridge(n: usize) -> anyhow::Result<Bridge> {
     spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url(), &[], false).await
 }
 
+/// Starts a bridge named `bridge-<n>` on the RabbitMQ at `amqp`; with
+/// `allow_unready` it is only waited for until its admin port answers.
+///
+/// # Errors
+/// When it does not start (or become ready) in time.
+pub async fn start_bridge_on(n: usize, amqp: &str, allow_unready: bool) -> anyhow::Result<Bridge> {
+    spawn_bridge(n, free_addr()?, free_addr()?, amqp, &[], allow_unready).await
+}
+
 async fn spawn_bridge(
     n: usize,
     addr: SocketAddr,

@@ -206,15 +206,18 @@ impl Socket {
     /// Joins a room and waits for `joined`.
     ///
     /// # Errors
-    /// As [`Socket::next_json`].
+    /// When the join is refused (an error frame), or as [`Socket::next_json`].
     pub async fn join(&mut self, room: &str, since: Option<u64>) -> anyhow::Result<()> {
         let mut frame = serde_json::json!({ "type": "join", "room": room });
         if let Some(since) = since {
             frame["since"] = since.into();
         }
         self.send(&frame).await?;
-        let joined = self.next_of_type("joined").await?;
-        anyhow::ensure!(joined["room"] == room, "joined the wrong room: {joined}");
+        // An error without a cid answers a frame such as this join.
+        let answer =
+            self.next_matching(|f| f["type"] == "joined" || (f["type"] == "error" && f["cid"].is_null())).await?;
+        anyhow::ensure!(answer["type"] == "joined", "the join was refused: {answer}");
+        anyhow::ensure!(answer["room"] == room, "joined the wrong room: {answer}");
         Ok(())
     }
 

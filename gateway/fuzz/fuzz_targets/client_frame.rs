@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
     // Text frames are UTF-8: the socket closes with 1007 before decode otherwise.
     let Ok(text) = std::str::from_utf8(data) else { return };
     match decode(text) {
-        Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room }) => assert!(room_ok(&room), "{room:?}"),
+        Ok(ClientFrame::Join { room, .. } | ClientFrame::Leave { room } | ClientFrame::Members { room }) => {
+            assert!(room_ok(&room), "{room:?}");
+        }
         Ok(ClientFrame::Send { room, text, cid }) => {
             assert!(room_ok(&room), "{room:?}");
             assert!(!text.trim().is_empty() && text.chars().count() <= MAX_TEXT_CHARS, "{text:?}");

@@ -5,7 +5,9 @@
 // The URL is the load balancer in front of several gateways. The test logs in
 // through the form (after checking a bad name is refused with 400), checks a
 // reload keeps the session, puts two users on different gateways, checks each
-// sees the other in the room's member list, and checks messages cross between
+// sees the other in the room's member list and the list's count (the gateways
+// list at most one member in `joined`, so the page must ask for the list with
+// `members` and follow `presence_diff` frames), and checks messages cross between
 // them as literal text and get acked. Uses the system Chromium ($CHROMIUM or
 // /usr/bin/chromium); nothing is downloaded.
 // Prints "browser e2e: ok" and exits 0, or prints why and exits 1.
@@ -151,6 +153,19 @@ async function expectMembers(page, users, label) {
   });
 }
 
+/** Waits until `page` shows the whole member list: as many names as its count says. */
+async function expectMemberCount(page, label) {
+  await page.waitForFunction(() => {
+    const count = Number(document.querySelector('#member-count')?.textContent);
+    const names = document.querySelectorAll('#members li.member:not(.pending)').length;
+    return count >= 2 && names === count;
+  }).catch(async () => {
+    const count = await page.textContent('#member-count');
+    const shown = await page.$$eval('#members li', (lis) => lis.map((li) => li.textContent));
+    fail(`${label}: #member-count says ${JSON.stringify(count)} but #members shows ${JSON.stringify(shown)}`);
+  });
+}
+
 async function run(base) {
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -174,6 +189,8 @@ async function run(base) {
   console.log(`bob on ${bobOn}, alice on ${aliceOn}`);
   await expectMembers(a, [alice, bob], 'alice');
   await expectMembers(b, [alice, bob], 'bob');
+  await expectMemberCount(a, 'alice');
+  await expectMemberCount(b, 'bob');
 
   const fromBob = `<b>not bold</b> <script>x</script> ${token()}`;
   await sendMessage(b, fromBob);

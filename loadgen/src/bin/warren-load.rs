@@ -1,6 +1,7 @@
 //! `warren-load`: bounded load runs against Warren (fan-out, idle sockets,
-//! connect storms, drains). Progress goes to stderr once a second; the JSON
-//! summary is the only thing on stdout. See `warren-load --help` and
+//! connect storms, drains, many rooms, a crowd joining one room). Progress
+//! goes to stderr once a second; the JSON summary is the only thing on
+//! stdout. See `warren-load --help` and
 //! `docs/benchmarks.md`.
 
 use clap::Parser;

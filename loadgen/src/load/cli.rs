@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::load::procs::Watched;
 use crate::load::target::{Target, TargetSpec};
-use crate::load::{drain, fanout, idle, storm};
+use crate::load::{crowd, drain, fanout, idle, rooms, storm};
 
 /// Bounded load runs against Warren, on loopback: a progress line per
 /// second on stderr, a JSON summary on stdout.
@@ -36,6 +36,13 @@ pub enum Scenario {
     /// Clients on one gateway that is sent SIGTERM: time until all are back
     /// and receiving, messages missed.
     Drain(DrainArgs),
+    /// Many rooms with a few members each, plus idle rooms: joins answered,
+    /// one send per room delivered to every member, and what the broker
+    /// holds before and after.
+    Rooms(RoomsArgs),
+    /// Many members joining one room while publishers send into it:
+    /// latency, missing messages, presence and `joined` per member.
+    Crowd(CrowdArgs),
 }
 
 /// Where the clients go, shared by every scenario.
@@ -51,17 +58,21 @@ pub struct TargetArgs {
     /// `/metrics` count the sockets they closed (fanout's slow readers).
     #[arg(long, value_delimiter = ',', value_parser = parse_addr)]
     pub admin: Vec<SocketAddr>,
-    /// Our stack: gateways (default: 2 for fanout, 1 otherwise).
+    /// Our stack: gateways (default: 2 for fanout, 3 for rooms and crowd,
+    /// 1 otherwise).
     #[arg(long)]
     pub gateways: Option<usize>,
     /// Our stack: bridges.
     #[arg(long, default_value_t = 1)]
     pub bridges: usize,
-    /// Our stack: put HAProxy in front and go through it (drain always does).
+    /// Our stack: put HAProxy in front and go through it (drain always
+    /// does; rooms and crowd do unless --direct).
     #[arg(long)]
     pub haproxy: bool,
     /// Our stack: its own Redis and RabbitMQ on free ports, not the shared
     /// ones (WARREN_REDIS_URL, WARREN_AMQP_URL); their CPU is then measured too.
+    /// Rooms always uses them: thousands of rooms must not exhaust a broker
+    /// that other runs share.
     #[arg(long)]
     pub private_services: bool,
     /// Our stack: more gateway environment as KEY=VALUE (repeatable), after
@@ -206,6 +217,98 @@ pub struct DrainArgs {
     drain_pid: Option<u32>,
 }
 
+/// `rooms`.
+#[derive(Debug, clap::Args)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Live rooms: joined by their members, who stay.
+    #[arg(long, default_value_t = 1000)]
+    rooms: usize,
+    /// Members of each live room (different users).
+    #[arg(long, default_value_t = 2)]
+    members: usize,
+    /// Idle rooms: each joined, sent to once and left before the live rooms
+    /// are joined, so that it exists but nobody listens.
+    #[arg(long, default_value_t = 0)]
+    idle_rooms: usize,
+    /// Rooms one socket joins at most (the gateway's default
+    /// --max-rooms-per-socket).
+    #[arg(long, default_value_t = 32)]
+    rooms_per_socket: usize,
+    /// Sockets one user opens at most (the gateway's default
+    /// --max-sockets-per-user).
+    #[arg(long, default_value_t = 8)]
+    sockets_per_user: usize,
+    /// Sends per second into the live rooms (one per room), all together.
+    #[arg(long, default_value_t = 200.0)]
+    send_rate: f64,
+    /// Logins and socket opens at a time.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Local source addresses 127.0.0.2, ... (0: the kernel's choice).
+    #[arg(long, default_value_t = 4)]
+    sources: usize,
+    /// After the last send, the longest wait for its answers and deliveries
+    /// (longer than the gateway's 10 s send timeout).
+    #[arg(long, default_value = "15s", value_parser = parse_secs)]
+    settle: Duration,
+    /// Our stack: clients go straight to the gateways, not through HAProxy.
+    #[arg(long)]
+    direct: bool,
+    /// With --url: the RabbitMQ node the stack uses, for `rabbitmqctl -n`
+    /// (default: the machine's broker).
+    #[arg(long)]
+    broker_node: Option<String>,
+}
+
+/// `crowd`.
+#[derive(Debug, clap::Args)]
+pub struct CrowdArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Members joining the room.
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Publishers, in the room before the members come.
+    #[arg(long, default_value_t = 10)]
+    publishers: usize,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// How long the publishers send, from the first member's `joined`.
+    #[arg(long, default_value = "20", value_parser = parse_secs)]
+    duration: Duration,
+    /// The window the members' joins are spread over (seconds, or 500ms);
+    /// 0: all at once.
+    #[arg(long, default_value = "2", value_parser = parse_secs)]
+    join_within: Duration,
+    /// After publishing, the longest wait for every member to have every
+    /// message it is owed.
+    #[arg(long, default_value = "15s", value_parser = parse_secs)]
+    settle: Duration,
+    /// Length of each message's text.
+    #[arg(long, default_value_t = 64)]
+    text_bytes: usize,
+    /// Logins at a time, before the run.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Local source addresses 127.0.0.2, ... (0: the kernel's choice).
+    #[arg(long, default_value_t = 4)]
+    sources: usize,
+    /// Our stack: clients go straight to the gateways, not through HAProxy.
+    #[arg(long)]
+    direct: bool,
+}
+
+/// Seconds as a plain number (`2`, `0.5`), or a duration (`500ms`, `1m`).
+fn parse_secs(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|e| e.to_string()),
+        Err(_) => humantime::parse_duration(value).map_err(|e| e.to_string()),
+    }
+}
+
 /// Accepts `host:port` or `http://host:port`.
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     let bare = value.trim_start_matches("http://").trim_end_matches('/');
@@ -266,6 +369,11 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             };
             (&a.target, spec)
         }
+        Scenario::Rooms(a) => {
+            let spec = TargetSpec { haproxy: !a.direct, private_services: true, ..a.target.spec(3) };
+            (&a.target, spec)
+        }
+        Scenario::Crowd(a) => (&a.target, TargetSpec { haproxy: !a.direct, ..a.target.spec(3) }),
     };
     let runs = usize::from(target_args.runs);
     let loadavg_start = loadavg();
@@ -340,6 +448,38 @@ async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyh
             };
             drain::run(target, &params).await
         }
+        Scenario::Rooms(a) => {
+            ensure!(runs == 1, "rooms runs once (its rooms would exist already in a second run)");
+            let params = rooms::Params {
+                rooms: a.rooms,
+                members: a.members,
+                idle_rooms: a.idle_rooms,
+                rooms_per_socket: a.rooms_per_socket,
+                sockets_per_user: a.sockets_per_user,
+                send_rate: a.send_rate,
+                concurrency: a.concurrency,
+                sources: a.sources,
+                settle: a.settle,
+                broker_node: a.broker_node.clone(),
+            };
+            rooms::run(target, &params).await
+        }
+        Scenario::Crowd(a) => {
+            ensure!(runs == 1, "crowd runs once");
+            ensure!(a.members + a.publishers <= MAX_CLIENTS, "at most {MAX_CLIENTS} sockets");
+            let params = crowd::Params {
+                members: a.members,
+                publishers: a.publishers,
+                rate: a.rate,
+                duration: a.duration,
+                join_within: a.join_within,
+                settle: a.settle,
+                text_bytes: a.text_bytes,
+                concurrency: a.concurrency,
+                sources: a.sources,
+            };
+            crowd::run(target, &params).await
+        }
     }
 }
 
@@ -378,5 +518,20 @@ mod tests {
         assert!(fanout.step);
         assert!(Args::try_parse_from(["warren-load", "idle", "--runs", "0"]).is_err());
         assert!(Args::try_parse_from(["warren-load", "storm", "--watch", "x"]).is_err());
+    }
+
+    #[test]
+    fn parses_rooms_and_crowd() {
+        let args =
+            Args::try_parse_from(["warren-load", "rooms", "--rooms", "3000", "--idle-rooms", "1000"]).expect("rooms");
+        let Scenario::Rooms(rooms) = args.scenario else { panic!("rooms") };
+        assert_eq!((rooms.rooms, rooms.members, rooms.idle_rooms), (3000, 2, 1000));
+        assert_eq!((rooms.rooms_per_socket, rooms.sockets_per_user), (32, 8));
+        let args =
+            Args::try_parse_from(["warren-load", "crowd", "--join-within", "0.5", "--duration", "30s"]).expect("crowd");
+        let Scenario::Crowd(crowd) = args.scenario else { panic!("crowd") };
+        assert_eq!((crowd.members, crowd.publishers, crowd.rate), (1000, 10, 50.0));
+        assert_eq!((crowd.join_within, crowd.duration), (Duration::from_millis(500), Duration::from_secs(30)));
+        assert!(Args::try_parse_from(["warren-load", "crowd", "--join-within", "-1"]).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::load::target::Target;
-use crate::socket::{Incoming, Reader, Writer};
+use crate::socket::{self, Incoming, Reader, Refused, Writer};
 
 /// Sockets per source address by default: well below the ~28 k ports one
 /// address reaches towards one server port.
@@ -148,11 +148,64 @@ pub struct ServerFrame<'a> {
     /// An error's code.
     #[serde(default, borrow)]
     pub code: Option<Cow<'a, str>>,
+    /// The room of a message, `joined`, `left` or presence frame.
+    #[serde(default, borrow)]
+    pub room: Option<Cow<'a, str>>,
+    /// How long a `rate_limited` error asks the client to wait.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Parses a text frame; `None` when it is not such an object.
 pub fn parse(payload: &[u8]) -> Option<ServerFrame<'_>> {
     serde_json::from_slice(payload).ok()
+}
+
+/// The send time a message's text starts with (`t=<µs since the epoch>`,
+/// then a space or the end).
+pub fn stamp_of(text: &str) -> Option<u64> {
+    text.split(' ').next()?.strip_prefix("t=")?.parse().ok()
+}
+
+/// Opens a socket and waits for `welcome`, trying again while the gateway
+/// turns the upgrade away for admission (429: handshakes per source
+/// address; 503: sockets per user or per gateway), with growing, jittered
+/// pauses, until `limit` has passed. Against a stack that keeps its default
+/// limits (20 handshakes/s per address, and behind HAProxy every client
+/// shares HAProxy's address) this is what paces a crowd: as fast as the
+/// gateways admit, never faster. Returns the socket and how many tries were
+/// turned away.
+///
+/// # Errors
+/// A short reason when the upgrade fails otherwise, the socket closes before
+/// `welcome`, or `limit` passes.
+pub async fn open_admitted(
+    front: SocketAddr,
+    local: Option<IpAddr>,
+    cookie: &str,
+    limit: Duration,
+) -> Result<(Reader, Writer, u32), String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut refused = 0_u32;
+    loop {
+        match socket::open(front, local, cookie).await {
+            Ok((mut reader, writer)) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                await_type(&mut reader, "welcome", left.max(Duration::from_secs(1))).await?;
+                return Ok((reader, writer, refused));
+            }
+            Err(Refused::Status(status @ (429 | 503))) => {
+                refused += 1;
+                let ceiling = 50_u64 << refused.min(6);
+                let pause = Duration::from_millis(rand::random_range(ceiling / 2..=ceiling));
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(format!("upgrade answered {status} for {limit:?}"));
+                }
+                tokio::time::sleep(pause).await;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
 }
 
 /// Reads until a frame of type `kind`, within `limit`.
@@ -243,6 +296,14 @@ impl IdSet {
         fresh
     }
 
+    /// Whether `id` is there.
+    pub fn contains(&self, id: u64) -> bool {
+        if id >= DENSE_IDS {
+            return self.far.contains(&id);
+        }
+        self.words.get((id / 64) as usize).is_some_and(|word| word & (1 << (id % 64)) != 0)
+    }
+
     /// How many ids.
     pub fn len(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum::<u64>() + self.far.len() as u64
@@ -276,6 +337,7 @@ mod tests {
             assert!(all.insert(id));
         }
         assert!(!all.insert(3));
+        assert!(all.contains(65) && all.contains(1 << 27) && !all.contains(66) && !all.contains(1 << 30));
         for id in [1, 3, 65] {
             seen.insert(id);
         }
@@ -290,6 +352,11 @@ mod tests {
             .expect("parses");
         assert_eq!((frame.kind.as_ref(), frame.id, frame.text.as_deref()), ("message", Some(7), Some("t=1 e=0")));
         assert!(parse(b"[1]").is_none());
+        assert_eq!(stamp_of("t=1700000000000000 e=3"), Some(1_700_000_000_000_000));
+        assert_eq!(stamp_of("t=12"), Some(12));
+        assert_eq!(stamp_of("hello"), None);
+        let error = parse(br#"{"type":"error","code":"rate_limited","cid":"c","retry_after_ms":40}"#).expect("parses");
+        assert_eq!((error.code.as_deref(), error.retry_after_ms), (Some("rate_limited"), Some(40)));
         let sources = Sources::for_sockets(25_000).expect("fits");
         assert_eq!(sources.len(), 3);
         assert_eq!(sources.pick(4), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))));

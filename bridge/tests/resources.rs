@@ -1,0 +1,167 @@
+//! The broker's resources, on private RabbitMQ nodes started short of them:
+//! thousands of rooms cost no descriptors, queues or channels, and a
+//! partition the broker will not serve is reported (readiness, metrics,
+//! errors that name it) while every other room keeps working.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use bridge::room::Layout;
+use proto::warren::v1::bridge_client::BridgeClient;
+use proto::warren::v1::bridge_frame::Kind;
+use proto::warren::v1::gateway_frame::Kind as Out;
+use proto::warren::v1::{BridgeFrame, GatewayFrame, Publish, Subscribe};
+use testkit::http::Client;
+use testkit::services::{NodeOptions, RabbitNode};
+use testkit::stack::start_bridge_on;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+/// The bridge's default: a room's partition is computed with it here.
+const PARTITIONS: u16 = 8;
+
+struct Attached {
+    frames: mpsc::Sender<GatewayFrame>,
+    inbound: Streaming<BridgeFrame>,
+}
+
+impl Attached {
+    async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let mut client = BridgeClient::connect(format!("http://{addr}")).await?;
+        let (frames, rx) = mpsc::channel(8192);
+        let inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Self { frames, inbound })
+    }
+
+    async fn send(&self, kind: Out) -> anyhow::Result<()> {
+        self.frames.send(GatewayFrame { kind: Some(kind) }).await.context("stream closed")
+    }
+
+    async fn subscribe(&self, room: &str) -> anyhow::Result<()> {
+        self.send(Out::Subscribe(Subscribe { room: room.to_owned() })).await
+    }
+
+    async fn publish(&self, request_id: u64, room: &str) -> anyhow::Result<()> {
+        let publish = Publish {
+            request_id,
+            room: room.to_owned(),
+            user: "alice".to_owned(),
+            text: format!("hello {room}"),
+            cid: format!("c-{request_id}"),
+            traceparent: String::new(),
+        };
+        self.send(Out::Publish(publish)).await
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Kind> {
+        let frame = tokio::time::timeout(Duration::from_secs(20), self.inbound.message())
+            .await
+            .context("no frame in time")??
+            .context("stream ended")?;
+        frame.kind.context("empty frame")
+    }
+}
+
+/// Open descriptors of a process.
+fn open_files(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Rooms: 3,000 on a node that allows 256 open files (one stream per room ran
+/// out after about 80 of them there). Every room subscribes, acks and
+/// delivers, and the broker holds no more descriptors than before.
+#[tokio::test]
+async fn three_thousand_rooms_on_a_node_with_256_descriptors() -> anyhow::Result<()> {
+    const ROOMS: u64 = 3000;
+    let node = RabbitNode::start_with(NodeOptions { open_files: Some(256), ..NodeOptions::default() }).await?;
+    let bridge = start_bridge_on(1, &node.url(), false).await?;
+    let pid = node.pid().context("the node's pid")?;
+    let before = open_files(pid)?;
+
+    let mut gateway = Attached::open(bridge.addr).await?;
+    let rooms: Vec<String> = (0..ROOMS).map(|n| format!("dm-{n}")).collect();
+    for room in &rooms {
+        gateway.subscribe(room).await?;
+    }
+    for (n, room) in (1..).zip(&rooms) {
+        gateway.publish(n, room).await?;
+    }
+    let (mut subscribed, mut acked, mut delivered) = (0, HashSet::new(), HashSet::new());
+    while subscribed < ROOMS || (acked.len() as u64) < ROOMS || (delivered.len() as u64) < ROOMS {
+        match gateway.next().await? {
+            Kind::Subscribed(_) => subscribed += 1,
+            Kind::Ack(ack) => assert!(acked.insert(ack.request_id), "one ack per publish"),
+            Kind::Message(message) => assert!(delivered.insert(message.room), "one delivery per room"),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    let after = open_files(pid)?;
+    assert!(after <= before + 8, "rooms cost the broker no descriptors: {before} before, {after} after");
+    Ok(())
+}
+
+/// Channels: a node that gives a connection 6 channels cannot serve all 8
+/// partitions. The bridge says which and why (readiness, metrics), refuses
+/// their rooms with errors that say so, and serves every other room.
+#[tokio::test]
+async fn a_partition_the_broker_will_not_serve_is_reported_and_the_rest_works() -> anyhow::Result<()> {
+    let node = RabbitNode::start_with(NodeOptions { channel_max: Some(6), ..NodeOptions::default() }).await?;
+    let bridge = start_bridge_on(2, &node.url(), true).await?;
+    let mut admin = Client::new(bridge.admin);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let ready = admin.get("/readyz").await?;
+        let body = String::from_utf8_lossy(&ready.body).into_owned();
+        if body.contains("cannot be read") || tokio::time::Instant::now() > deadline {
+            assert_eq!(ready.status, http::StatusCode::SERVICE_UNAVAILABLE);
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.contains("cannot be read") && body.contains("channels"), "readiness says why: {body}");
+    // Every partition has tried by now: the ones without a reader say so.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = String::from_utf8_lossy(&admin.get("/metrics").await?.body).into_owned();
+    let unread: HashSet<u16> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("warren_bridge_partition_attached{partition=\""))
+        .filter_map(|rest| rest.split_once("\"} ").filter(|(_, value)| *value == "0"))
+        .filter_map(|(partition, _)| partition.parse().ok())
+        .collect();
+    assert!((1..usize::from(PARTITIONS)).contains(&unread.len()), "some partitions are read, some not: {unread:?}");
+
+    let layout = Layout::new(PARTITIONS);
+    let room_in = |readable: bool| {
+        (0..).map(|n| format!("room-{n}")).find(|room| unread.contains(&layout.partition_of(room)) != readable)
+    };
+    let (good, bad) = (room_in(true).context("a readable room")?, room_in(false).context("an unread room")?);
+    let mut gateway = Attached::open(bridge.addr).await?;
+    gateway.subscribe(&bad).await?;
+    match gateway.next().await? {
+        Kind::SubscribeFailed(failed) => {
+            assert_eq!((failed.code.as_str(), failed.retryable), ("unavailable", true));
+            assert!(failed.message.contains("cannot be read"), "{failed:?}");
+        }
+        other => anyhow::bail!("a silent room: {other:?}"),
+    }
+    gateway.subscribe(&good).await?;
+    assert!(matches!(gateway.next().await?, Kind::Subscribed(s) if s.room == good));
+    gateway.publish(1, &good).await?;
+    gateway.publish(2, &bad).await?;
+    let (mut good_acked, mut good_delivered, mut bad_refused) = (false, false, false);
+    while !(good_acked && good_delivered && bad_refused) {
+        match gateway.next().await? {
+            Kind::Ack(ack) => good_acked = ack.request_id == 1,
+            Kind::Message(message) => good_delivered = message.room == good,
+            Kind::Error(error) => {
+                assert_eq!((error.request_id, error.code.as_str()), (2, "unavailable"), "{error:?}");
+                assert!(error.message.contains("cannot be read"), "{error:?}");
+                bad_refused = true;
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    Ok(())
+}
