@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::Broker;
+use crate::amqp::{Broker, Link};
 use crate::error::BridgeError;
 use crate::log::{Appended, RoomLog, SendKey};
 use crate::metrics;
@@ -170,13 +170,13 @@ impl Partition {
             self.attached.send_replace(true);
             self.trouble.lock().unwrap_or_else(PoisonError::into_inner).take();
             metrics::partition_attached(self.number, true);
-            if !self.caught_up.load(Ordering::Acquire)
-                && let Err(error) = link.publish_marker(self.number, &self.marker).await
-            {
-                tracing::warn!(partition = self.number, %error, "cannot mark the partition's end");
-            }
+            // The marker is published beside the reading, never before it:
+            // a broker that blocks publishing must not stop the reading.
+            let mut marked = self.caught_up.load(Ordering::Acquire);
+            let mut marker = std::pin::pin!(self.mark_end(&link));
             loop {
                 tokio::select! {
+                    () = &mut marker, if !marked => marked = true,
                     next = consumer.next() => match next {
                         Some(Ok((id, entry))) => self.observe(id, entry),
                         Some(Err(error)) => {
@@ -194,6 +194,14 @@ impl Partition {
             }
             self.attached.send_replace(false);
             metrics::partition_attached(self.number, false);
+        }
+    }
+
+    /// Publishes this bridge's marker: reading up to it is reading up to
+    /// where the partition ended when the bridge started.
+    async fn mark_end(&self, link: &Link) {
+        if let Err(error) = link.publish_marker(self.number, &self.marker).await {
+            tracing::warn!(partition = self.number, %error, "cannot mark the partition's end");
         }
     }
 

@@ -1,7 +1,8 @@
 //! The broker's resources, on private RabbitMQ nodes started short of them:
-//! thousands of rooms cost no descriptors, queues or channels, and a
-//! partition the broker will not serve is reported (readiness, metrics,
-//! errors that name it) while every other room keeps working.
+//! thousands of rooms cost no descriptors, queues or channels; a partition
+//! the broker will not serve is reported (readiness, metrics, errors that
+//! name it) while every other room keeps working; a memory alarm is reported
+//! and publishes are refused at once while subscriptions still hold.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -163,5 +164,43 @@ async fn a_partition_the_broker_will_not_serve_is_reported_and_the_rest_works() 
             other => anyhow::bail!("unexpected {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// Memory: a node whose memory alarm is on blocks publishing. The bridge
+/// says so (readiness, metric), refuses publishes at once with the reason
+/// instead of letting them time out, and still takes subscriptions.
+#[tokio::test]
+async fn a_memory_alarm_is_reported_and_publishes_are_refused_at_once() -> anyhow::Result<()> {
+    let node = RabbitNode::start_with(NodeOptions { memory_alarm: true, ..NodeOptions::default() }).await?;
+    let bridge = start_bridge_on(3, &node.url(), true).await?;
+    let mut admin = Client::new(bridge.admin);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let ready = admin.get("/readyz").await?;
+        let body = String::from_utf8_lossy(&ready.body).into_owned();
+        if body.contains("blocks publishing") || tokio::time::Instant::now() > deadline {
+            assert_eq!(ready.status, http::StatusCode::SERVICE_UNAVAILABLE);
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.contains("blocks publishing"), "readiness says why: {body}");
+    let metrics = String::from_utf8_lossy(&admin.get("/metrics").await?.body).into_owned();
+    assert!(metrics.lines().any(|line| line == "warren_bridge_amqp_blocked 1"), "the metric says so");
+
+    let mut gateway = Attached::open(bridge.addr).await?;
+    gateway.subscribe("alarmed").await?;
+    assert!(matches!(gateway.next().await?, Kind::Subscribed(_)));
+    let started = tokio::time::Instant::now();
+    gateway.publish(1, "alarmed").await?;
+    match gateway.next().await? {
+        Kind::Error(error) => {
+            assert_eq!(error.code, "unavailable", "{error:?}");
+            assert!(error.retryable && error.message.contains("refuses"), "{error:?}");
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "refused at once, not after the publish timeout");
     Ok(())
 }

@@ -195,6 +195,9 @@ pub struct NodeOptions {
     pub open_files: Option<u32>,
     /// The most channels one connection may open (`channel_max`).
     pub channel_max: Option<u16>,
+    /// Start with the memory alarm on (a high watermark of 1 MB): the node
+    /// blocks every connection that publishes.
+    pub memory_alarm: bool,
 }
 
 impl RabbitNode {
@@ -227,6 +230,10 @@ impl RabbitNode {
         );
         if let Some(channel_max) = options.channel_max {
             config.push_str(&format!("channel_max = {channel_max}\n"));
+        }
+        if options.memory_alarm {
+            config =
+                config.replace("vm_memory_high_watermark.relative = 0.4", "vm_memory_high_watermark.absolute = 1MB");
         }
         std::fs::write(dir.path.join("rabbitmq.conf"), config)?;
         std::fs::write(dir.path.join("enabled_plugins"), "[].\n")?;
