@@ -65,6 +65,7 @@ pub async fn run(
     let exporter = ops::metrics::install();
     metrics::describe();
     metrics::amqp_connected(false, false);
+    let max_age = retention.max_age();
     let broker = Broker::new(config.amqp_url.clone(), retention);
     // The broker outlives the service so that publishes in flight can finish.
     let broker_token = CancellationToken::new();
@@ -78,7 +79,7 @@ pub async fn run(
     // publishes in flight at shutdown still learn their ids.
     let readers = TaskTracker::new();
     let partitions = Partitions::new(Layout::new(config.partitions));
-    partitions.run(&broker, &readers, &broker_token);
+    partitions.run(&broker, max_age, &readers, &broker_token);
     let publisher = Arc::new(Publisher::new(broker.clone(), partitions.clone(), config.publish_timeout));
     let history = Arc::new(History::new(broker.clone(), partitions.clone()));
     let service = BridgeService::new(partitions.clone(), publisher, history, tracker.clone(), shutdown.clone());

@@ -64,6 +64,12 @@ impl RoomLog {
         self.last_id
     }
 
+    /// The time of the room's newest message (ms since the Unix epoch; 0
+    /// when none is kept).
+    pub fn last_ts(&self) -> i64 {
+        self.recent.back().map_or(0, |newest| newest.ts)
+    }
+
     /// The id of the first message under `key`, if it is remembered.
     pub fn first_send(&self, key: &SendKey) -> Option<u64> {
         self.sends.get(key).copied()

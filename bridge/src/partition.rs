@@ -98,12 +98,41 @@ impl Partitions {
         Arc::new(Self { layout, parts })
     }
 
-    /// Starts one consumer per partition on `tracker`; they stop with
-    /// `shutdown`.
-    pub fn run(&self, broker: &Arc<Broker>, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    /// Starts one consumer per partition on `tracker`, and a sweep that
+    /// forgets rooms whose newest message is older than `max_age` (the
+    /// stream has dropped them, or soon will); all stop with `shutdown`.
+    pub fn run(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        max_age: Option<Duration>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
         for part in &self.parts {
             let (part, broker, shutdown) = (part.clone(), broker.clone(), shutdown.clone());
             tracker.spawn(async move { part.consume(&broker, &shutdown).await });
+        }
+        if let Some(max_age) = max_age {
+            let (partitions, shutdown) = (self.clone(), shutdown.clone());
+            tracker.spawn(async move { partitions.sweep(max_age, &shutdown).await });
+        }
+    }
+
+    /// Once a minute, drops the index of rooms past retention, so that the
+    /// bridge's memory follows the rooms that have history, not every room
+    /// that ever had.
+    async fn sweep(&self, max_age: Duration, shutdown: &CancellationToken) {
+        let mut ticks = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let cutoff = i64::try_from(now.saturating_sub(max_age).as_millis()).unwrap_or(i64::MAX);
+            for part in &self.parts {
+                part.forget_older_than(cutoff);
+            }
         }
     }
 
@@ -205,6 +234,15 @@ impl Partition {
         }
     }
 
+    /// Forgets the rooms whose newest message is older than `cutoff` (ms
+    /// since the Unix epoch) and that nobody subscribes to.
+    fn forget_older_than(&self, cutoff: i64) {
+        let mut state = self.lock();
+        let State { rooms, routes, .. } = &mut *state;
+        rooms.retain(|room, log| log.last_ts() >= cutoff || routes.contains_key(room));
+        metrics::indexed_rooms(self.number, rooms.len());
+    }
+
     /// Takes one entry read from the partition.
     fn observe(&self, id: u64, entry: Entry) {
         let mut state = self.lock();
@@ -224,7 +262,11 @@ impl Partition {
             Entry::Other => return,
         };
         let room = stored.message.room.clone();
+        let rooms = state.rooms.len();
         let appended = state.rooms.entry(room.clone()).or_default().append(stored.message);
+        if state.rooms.len() > rooms {
+            metrics::indexed_rooms(self.number, state.rooms.len());
+        }
         let id = match &appended {
             Appended::New(message) => message.id,
             Appended::Repeat(first) => *first,
@@ -233,7 +275,6 @@ impl Partition {
             let _ = waiter.send(id);
         }
         if let Appended::New(message) = appended {
-            metrics::indexed_rooms(self.number, state.rooms.len());
             route(&mut state, &room, message);
         }
     }

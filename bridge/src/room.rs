@@ -52,6 +52,22 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// `max_age` as a duration (a year is 365 days, a month 30), for the
+    /// index to forget rooms the stream has dropped. `None` when unparsable.
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        let (number, unit) = self.max_age.split_at(self.max_age.len().saturating_sub(1));
+        let seconds: u64 = match unit {
+            "Y" => 365 * 86_400,
+            "M" => 30 * 86_400,
+            "D" => 86_400,
+            "h" => 3_600,
+            "m" => 60,
+            "s" => 1,
+            _ => return None,
+        };
+        Some(std::time::Duration::from_secs(number.parse::<u64>().ok()?.saturating_mul(seconds)))
+    }
+
     /// The queue arguments that make a room's queue a stream with this retention.
     pub fn queue_arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
@@ -246,6 +262,14 @@ mod tests {
     fn start_maps_ids_to_offsets() {
         assert_eq!(Start::After(41).to_offset_arg(), AMQPValue::LongLongInt(41));
         assert_eq!(Start::First.to_offset_arg(), AMQPValue::LongString("first".into()));
+    }
+
+    #[test]
+    fn max_age_as_a_duration() {
+        let retention = |max_age: &str| Retention { max_age: max_age.into(), max_bytes: 1, segment_bytes: 1 };
+        assert_eq!(retention("7D").max_age(), Some(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(retention("90s").max_age(), Some(std::time::Duration::from_secs(90)));
+        assert_eq!(retention("7x").max_age(), None);
     }
 
     #[test]
