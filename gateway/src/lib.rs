@@ -13,6 +13,7 @@
 //! - [`ws`]: one socket's reader, writer and frame handling.
 //! - [`wire`]: a byte-level guard that refuses unmasked client frames.
 //! - [`mailbox`]: a socket's outbound queue and close request.
+//! - [`membership`]: a socket's rooms: join, leave and close in one place.
 //! - [`drain`]: the open sockets, and how they are let go on shutdown.
 //! - [`protocol`]: the client protocol's frames and rules, pure.
 //! - [`hub`]: rooms, members, replay and gap filling.
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod link;
 pub mod logins;
 pub mod mailbox;
+pub mod membership;
 pub mod metrics;
 pub mod pages;
 pub mod presence;
@@ -54,6 +56,7 @@ use crate::drain::Sockets;
 use crate::error::RunError;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::membership::Membership;
 use crate::presence::Presence;
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
@@ -133,14 +136,19 @@ pub async fn run(
     tracker.spawn(forget_idle_limits(limits.clone(), shutdown.clone()));
     let (ping, idle) = (config.ping_interval, config.idle_timeout);
     tracker.spawn(keepalive::run(sockets.clone(), ping, idle, shutdown.clone()));
-    let shared = Shared {
+    let membership = Membership {
         hub,
+        presence: presence.clone(),
+        max_rooms: config.max_rooms_per_socket,
+        joined_members_max: config.joined_members_max,
+    };
+    let shared = Shared {
+        membership,
         upstream,
         instance: instance.clone(),
         sockets: sockets.clone(),
         limits,
         tracker: tracker.clone(),
-        presence: presence.clone(),
     };
     let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone() });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");

@@ -30,16 +30,12 @@ pub type SendLimiter = DefaultDirectRateLimiter;
 pub struct Limits {
     /// Largest client message, in bytes.
     pub max_message_bytes: usize,
-    /// Rooms per socket.
-    pub max_rooms_per_socket: usize,
     /// Sockets on this gateway.
     pub max_sockets: usize,
     /// Bytes queued per socket.
     pub max_queue_bytes: usize,
     /// Whether to trust `X-Forwarded-For` for the source address.
     pub trust_forwarded_for: bool,
-    /// The most members a `joined` frame lists.
-    pub joined_members_max: usize,
     max_sockets_per_user: u32,
     send_quota: Quota,
     user_sends: DefaultKeyedRateLimiter<String>,
@@ -71,11 +67,9 @@ impl Limits {
         let clock = DefaultClock::default();
         Self {
             max_message_bytes: config.max_message_bytes,
-            max_rooms_per_socket: config.max_rooms_per_socket,
             max_sockets: config.max_sockets,
             max_queue_bytes: config.max_queue_bytes,
             trust_forwarded_for: config.trust_forwarded_for,
-            joined_members_max: config.joined_members_max,
             max_sockets_per_user: config.max_sockets_per_user,
             send_quota: per_second(config.send_rate),
             user_sends: keyed(config.user_send_rate, &clock),

@@ -14,7 +14,6 @@
 //! writer put everything queued into one buffer and one `write` call, instead
 //! of one system call per frame.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,9 +29,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::task::TaskTracker;
 
 use crate::drain::Sockets;
-use crate::hub::Hub;
 use crate::limits::{ABUSE_STRIKES, Limits, RetryAfter, SendLimiter};
 use crate::mailbox::{CloseReason, Mailbox, Outbound, SocketId, close};
+use crate::membership::{Member, Membership};
 use crate::metrics;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::session::{Session, UserName};
@@ -54,8 +53,8 @@ static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
 /// What every socket of a gateway shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// Rooms and delivery.
-    pub hub: Arc<Hub>,
+    /// Joins, leaves and closes: rooms, subscriptions and presence.
+    pub membership: Membership,
     /// The bridge link, for sends.
     pub upstream: Arc<Upstream>,
     /// This gateway's name, for `welcome`.
@@ -66,8 +65,6 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// Tracks every socket task, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Who is in each room, across gateways.
-    pub presence: Arc<crate::presence::Presence>,
 }
 
 /// The per-socket logic.
@@ -78,7 +75,8 @@ pub struct Handler {
     user: UserName,
     shared: Shared,
     mailbox: Mailbox,
-    rooms: HashSet<String>,
+    /// The socket's rooms.
+    member: Member,
     sends: SendLimiter,
     /// Consecutive sends refused for their rate.
     strikes: u32,
@@ -142,7 +140,8 @@ impl Handler {
         tracing::info!(socket = id, user = user.as_str(), "socket open");
         let welcome = ServerFrame::Welcome { user: user.as_str(), instance: &shared.instance }.encode();
         let sends = shared.limits.socket_sends();
-        let handler = Self { id, user, shared, mailbox, rooms: HashSet::new(), sends, strikes: 0 };
+        let member = Member::new(id, user.as_str().to_owned(), mailbox.clone());
+        let handler = Self { id, user, shared, mailbox, member, sends, strikes: 0 };
         handler.queue("welcome", welcome);
         Some(Open { handler, reader: FragmentCollectorRead::new(read), writer })
     }
@@ -161,10 +160,7 @@ impl Open {
     async fn run(mut self) {
         let reason = self.handler.read_loop(&mut self.reader).await;
         let handler = self.handler;
-        for room in &handler.rooms {
-            handler.shared.hub.leave(room, handler.id);
-        }
-        handler.shared.presence.socket_closed(handler.id);
+        handler.shared.membership.close(&handler.member);
         handler.shared.sockets.remove(handler.id);
         handler.shared.limits.close_socket(handler.user.as_str());
         // The writer sends the close frame (the first reason given wins) and
@@ -238,43 +234,19 @@ impl Handler {
         };
         metrics::frame_in(frame.kind());
         match frame {
-            ClientFrame::Join { room, .. }
-                if !self.rooms.contains(&room) && self.rooms.len() >= self.shared.limits.max_rooms_per_socket =>
-            {
-                let limit = self.shared.limits.max_rooms_per_socket;
-                let error = FrameError::new("too_many_rooms", format!("a socket may join at most {limit} rooms"));
-                self.queue("error", error.encode());
-            }
             ClientFrame::Join { room, since } => {
-                if since.is_some() {
-                    metrics::resumed();
+                if let Err(error) = self.shared.membership.join(&mut self.member, room, since).await {
+                    self.queue("error", error.encode());
                 }
-                let ticket = match self.shared.hub.subscribe(&room).await {
-                    Ok(ticket) => ticket,
-                    Err(error) => {
-                        self.queue("error", join_error(&room, &error).encode());
-                        return None;
-                    }
-                };
-                let user = self.user.as_str();
-                let members = self.shared.presence.join(&room, user, self.id, &self.mailbox).await;
-                let cap = self.shared.limits.joined_members_max;
-                self.queue("joined", ServerFrame::joined(&room, &members, cap).encode());
-                self.shared.presence.joined(&room, self.id);
-                self.shared.hub.join(ticket, self.id, self.mailbox.clone(), since);
-                self.rooms.insert(room);
             }
             ClientFrame::Leave { room } => {
-                if self.rooms.remove(&room) {
-                    self.shared.hub.leave(&room, self.id);
-                    self.shared.presence.leave(&room, self.id);
-                }
+                self.shared.membership.leave(&mut self.member, &room);
                 self.queue("left", ServerFrame::Left { room: &room }.encode());
             }
             ClientFrame::Members { room } => self.on_members(&room).await,
             ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()),
             ClientFrame::Send { room, text, cid } => {
-                if !self.rooms.contains(&room) {
+                if !self.member.is_in(&room) {
                     let error = FrameError::new("not_joined", format!("join {room:?} before sending to it"));
                     self.queue("error", error.with_cid(Some(cid)).encode());
                     return None;
@@ -301,7 +273,7 @@ impl Handler {
     /// point after which the socket is told every change (see
     /// [`crate::presence::Presence::members`]).
     async fn on_members(&self, room: &str) {
-        if !self.rooms.contains(room) {
+        if !self.member.is_in(room) {
             let error = FrameError::new("not_joined", format!("join {room:?} before asking for its members"));
             self.queue("error", error.encode());
             return;
@@ -311,7 +283,7 @@ impl Handler {
             self.queue("error", error.encode());
             return;
         }
-        let presence = &self.shared.presence;
+        let presence = &self.shared.membership.presence;
         match presence.members(room, self.id).await {
             Some(members) => self.queue("members", ServerFrame::Members { room, members: &members }.encode()),
             None => {
@@ -494,12 +466,4 @@ fn frame_into(batch: &mut Vec<u8>, mut frame: Frame<'_>) {
     batch.reserve(head_len + frame.payload.len());
     batch.extend_from_slice(&head[..head_len]);
     batch.extend_from_slice(&frame.payload);
-}
-
-/// The `error` frame for a join that did not take: retryable ones say when
-/// to try again.
-fn join_error(room: &str, error: &crate::hub::JoinError) -> FrameError {
-    let code = if error.retryable() { "unavailable" } else { "rejected" };
-    let frame = FrameError::new(code, format!("cannot join {room:?}: {error}"));
-    if error.retryable() { frame.with_retry_after(std::time::Duration::from_secs(1)) } else { frame }
 }
