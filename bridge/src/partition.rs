@@ -78,6 +78,10 @@ struct State {
     routes: HashMap<String, HashMap<GatewayId, Route>>,
 }
 
+/// How long a reader that has not caught up may hear nothing before it
+/// attaches again.
+const CATCH_UP_SILENCE: Duration = Duration::from_secs(3);
+
 /// Counts gateway streams, to tell their routes apart.
 static NEXT_GATEWAY: AtomicU64 = AtomicU64::new(1);
 
@@ -203,11 +207,24 @@ impl Partition {
             // a broker that blocks publishing must not stop the reading.
             let mut marked = self.caught_up.load(Ordering::Acquire);
             let mut marker = std::pin::pin!(self.mark_end(&link));
+            // A reader of a newly declared stream can miss what is written
+            // right after it attached (seen on RabbitMQ 3.10): one that
+            // hears nothing before its marker reads the partition again.
+            let mut heard = tokio::time::Instant::now();
             loop {
+                let silent_until = heard + CATCH_UP_SILENCE;
                 tokio::select! {
                     () = &mut marker, if !marked => marked = true,
+                    () = tokio::time::sleep_until(silent_until), if !self.caught_up.load(Ordering::Acquire) => {
+                        tracing::warn!(partition = self.number, "no entry read before the partition's marker; reading it again");
+                        consumer.close().await;
+                        break;
+                    }
                     next = consumer.next() => match next {
-                        Some(Ok((id, entry))) => self.observe(id, entry),
+                        Some(Ok((id, entry))) => {
+                            heard = tokio::time::Instant::now();
+                            self.observe(id, entry);
+                        }
                         Some(Err(error)) => {
                             tracing::warn!(partition = self.number, %error, "partition consumer failed; reattaching");
                             break;

@@ -201,6 +201,7 @@ async fn rooms_deliver_one_message_to_every_member_and_read_the_broker() -> anyh
     assert_eq!(u64_at(&summary, "/missing"), 0, "{summary}");
     assert_eq!(u64_at(&summary, "/duplicates"), 0, "{summary}");
     assert_eq!(u64_at(&summary, "/deliveries/latency/count"), 120, "{summary}");
+    assert_eq!(u64_at(&summary, "/deliveries/rooms_heard_by_every_member"), 60, "{summary}");
     // The private node is found and answers: every figure is read.
     for reading in ["before", "after_idle", "after"] {
         for figure in ["fds", "fd_limit", "channels", "queues", "memory_bytes", "rss_kib"] {

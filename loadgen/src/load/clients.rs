@@ -129,6 +129,50 @@ pub async fn login_all(target: &Target, users: &[String], concurrency: usize) ->
     Ok(cookies)
 }
 
+/// Where one socket connects, from which local address, as whom.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The address it connects to.
+    pub front: SocketAddr,
+    /// Its source address (the kernel's choice when `None`).
+    pub local: Option<IpAddr>,
+    /// Its user's session cookie.
+    pub cookie: String,
+}
+
+/// Logged-in users, and where their sockets go.
+#[derive(Debug)]
+pub struct Logins {
+    fronts: Vec<SocketAddr>,
+    cookies: Vec<String>,
+    sources: Sources,
+}
+
+impl Logins {
+    /// Logs `users` in, `concurrency` at a time ([`login_all`]).
+    ///
+    /// # Errors
+    /// When a user cannot log in.
+    pub async fn new(target: &Target, users: &[String], concurrency: usize, sources: Sources) -> anyhow::Result<Self> {
+        let cookies = login_all(target, users, concurrency).await?;
+        let fronts = (0..users.len()).map(|user| target.front(user)).collect();
+        Ok(Self { fronts, cookies, sources })
+    }
+
+    /// Socket `socket` of user `user`: every socket of a user goes where
+    /// the user logged in (so that straight at several gateways, a user's
+    /// sockets still meet one gateway and its per-user limit), each from
+    /// its own turn of the source addresses.
+    pub fn conn(&self, user: usize, socket: usize) -> Conn {
+        Conn { front: self.fronts[user], local: self.sources.pick(socket), cookie: self.cookies[user].clone() }
+    }
+
+    /// How many source addresses the sockets use.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+}
+
 /// The fields of a server frame that the load runs read; borrowed from
 /// the payload where it has no escapes.
 #[derive(Debug, Deserialize)]
@@ -179,16 +223,11 @@ pub fn stamp_of(text: &str) -> Option<u64> {
 /// # Errors
 /// A short reason when the upgrade fails otherwise, the socket closes before
 /// `welcome`, or `limit` passes.
-pub async fn open_admitted(
-    front: SocketAddr,
-    local: Option<IpAddr>,
-    cookie: &str,
-    limit: Duration,
-) -> Result<(Reader, Writer, u32), String> {
+pub async fn open_admitted(conn: &Conn, limit: Duration) -> Result<(Reader, Writer, u32), String> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut refused = 0_u32;
     loop {
-        match socket::open(front, local, cookie).await {
+        match socket::open(conn.front, conn.local, &conn.cookie).await {
             Ok((mut reader, writer)) => {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 await_type(&mut reader, "welcome", left.max(Duration::from_secs(1))).await?;

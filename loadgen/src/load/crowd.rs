@@ -19,7 +19,6 @@
 //! sent after the receiver's `joined`, over the whole run from the first
 //! publish, also second by second of sending.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::clients::{self, Failures, IdSet, ServerFrame, Sources, unix_micros};
+use crate::load::clients::{self, Conn, Failures, IdSet, Logins, ServerFrame, Sources, unix_micros};
 use crate::load::histogram::Histogram;
 use crate::load::procs::{Meter, round3};
 use crate::load::target::Target;
@@ -90,14 +89,6 @@ impl Params {
             "sources": self.sources,
         })
     }
-}
-
-/// Where one socket connects, as whom.
-#[derive(Debug, Clone)]
-struct Conn {
-    front: SocketAddr,
-    local: Option<IpAddr>,
-    cookie: String,
 }
 
 // === shared state ===
@@ -287,7 +278,7 @@ async fn member(index: usize, turn: tokio::time::Instant, conn: Conn, shared: Ar
     let mut member = Member { index, ..Member::default() };
     tokio::time::sleep_until(turn).await;
     let opening = Instant::now();
-    let opened = clients::open_admitted(conn.front, conn.local, &conn.cookie, OPEN_LIMIT).await;
+    let opened = clients::open_admitted(&conn, OPEN_LIMIT).await;
     let (mut reader, writer) = match opened {
         Ok((reader, writer, refused)) => {
             shared.handshake_refusals.fetch_add(u64::from(refused), Ordering::Relaxed);
@@ -377,7 +368,7 @@ struct Beat {
 /// One publisher: opens and joins, then, from the start it is given, sends
 /// on its beat for the run's duration.
 async fn publisher(beat: Beat, conn: Conn, shared: Arc<Shared>, mut start: watch::Receiver<Option<Instant>>) {
-    let opened = clients::open_admitted(conn.front, conn.local, &conn.cookie, OPEN_LIMIT).await;
+    let opened = clients::open_admitted(&conn, OPEN_LIMIT).await;
     let joined = match opened {
         Ok((mut reader, writer, _)) => {
             writer.send(&json!({ "type": "join", "room": shared.room }));
@@ -460,53 +451,15 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
         .chain((0..params.publishers).map(|j| format!("{prefix}-p{j}")))
         .collect();
     let started = Instant::now();
-    let cookies = clients::login_all(target, &users, params.concurrency).await?;
+    let logins = Logins::new(target, &users, params.concurrency, Sources::new(params.sources)?).await?;
     let logins_s = started.elapsed().as_secs_f64();
-    let sources = Sources::new(params.sources)?;
-    let conn =
-        |index: usize| Conn { front: target.front(index), local: sources.pick(index), cookie: cookies[index].clone() };
     let shared = Arc::new(Shared::new(format!("{prefix}-room"), params));
     let gateways_before = scrape::read(&target.admins()).await;
-
-    let (start_tx, start_rx) = watch::channel(None);
-    let mut publishers = JoinSet::new();
-    for j in 0..params.publishers {
-        let period = Duration::from_secs_f64(params.publishers as f64 / params.rate);
-        let beat = Beat {
-            index: j,
-            period,
-            offset: period.mul_f64(j as f64 / params.publishers as f64),
-            duration: params.duration,
-            pad: " ".to_owned() + &"x".repeat(params.text_bytes.saturating_sub(32)),
-        };
-        publishers.spawn(publisher(beat, conn(params.members + j), shared.clone(), start_rx.clone()));
-    }
-    wait_until(|| shared.publishers_ready.load(Ordering::Relaxed) >= params.publishers, OPEN_LIMIT + JOIN_LIMIT).await;
-    ensure!(
-        shared.publishers_joined.load(Ordering::Relaxed) > 0,
-        "no publisher joined: {:?}",
-        shared.join_failures.snapshot()
-    );
+    let (start, mut publishers) = seat_publishers(&shared, params, &logins).await?;
 
     let ticker = progress::spawn("crowd", shared.stop.child_token(), progress_line(shared.clone()));
     let meter = Meter::start(&target.watched());
-    let (t0, t0_us) = (Instant::now(), unix_micros());
-    let first_turn = tokio::time::Instant::now() + Duration::from_millis(50);
-    let mut members = JoinSet::new();
-    for i in 0..params.members {
-        let turn = first_turn + params.join_within.mul_f64(i as f64 / params.members as f64);
-        members.spawn(member(i, turn, conn(i), shared.clone()));
-    }
-    // Without any member in after this long the run has failed; the
-    // publishers start anyway so that it ends on its own.
-    let _ = tokio::time::timeout(OPEN_LIMIT + JOIN_LIMIT, shared.first_joined.cancelled()).await;
-    let publish_at = Instant::now();
-    shared.first_publish_us.store(unix_micros(), Ordering::Relaxed);
-    let _ = start_tx.send(Some(publish_at));
-    tokio::time::sleep(params.duration).await;
-    let publishing_ended = t0.elapsed();
-    wait_until(|| shared.settled_joins.load(Ordering::Relaxed) >= params.members, OPEN_LIMIT + JOIN_LIMIT).await;
-    let joins_settled = t0.elapsed();
+    let (mut members, timing) = let_in(&shared, params, &logins, &start).await;
     let sent = shared.sent.load(Ordering::Relaxed);
     wait_until(|| shared.answered.load(Ordering::Relaxed) >= sent, ACK_LIMIT).await;
     let settled = settle(&shared, params.settle).await;
@@ -521,20 +474,19 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
     }
     ensure!(shared.joined.load(Ordering::Relaxed) > 0, "no member joined: {:?}", shared.join_failures.snapshot());
     let deliveries = tally(&shared, &reports);
-    let publish_after_ms = publish_at.duration_since(t0).as_millis() as u64;
     Ok(json!({
         "scenario": "crowd",
         "params": params.describe(),
         "setup": {
             "logins_s": round3(logins_s),
             "publishers_joined": shared.publishers_joined.load(Ordering::Relaxed),
-            "sources": sources.len(),
+            "sources": logins.sources(),
         },
-        "joins": joins_summary(&shared, &reports, t0_us, publish_after_ms),
+        "joins": joins_summary(&shared, &reports, &timing),
         "publishing": {
-            "started_ms": publish_after_ms,
-            "ended_ms": publishing_ended.as_millis() as u64,
-            "joins_settled_ms": joins_settled.as_millis() as u64,
+            "started_ms": timing.publishing_began_ms,
+            "ended_ms": timing.publishing_ended_ms,
+            "joins_settled_ms": timing.joins_settled_ms,
             "sent": sent,
             "acked": shared.acks.lock().unwrap_or_else(PoisonError::into_inner).len(),
             "errors": shared.send_errors.snapshot(),
@@ -556,6 +508,82 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
         "wall_s": round3(started.elapsed().as_secs_f64()),
         "cpu": cpu,
     }))
+}
+
+/// When the run's steps happened, in ms from the first member's turn.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    /// The first turn, µs since the epoch.
+    t0_us: u64,
+    publishing_began_ms: u64,
+    publishing_ended_ms: u64,
+    /// Every member joined or given up on.
+    joins_settled_ms: u64,
+}
+
+/// Lets the members in on their turns, starts the publishers at the first
+/// `joined`, and returns once publishing is over and every member is in or
+/// has given up.
+async fn let_in(
+    shared: &Arc<Shared>,
+    params: &Params,
+    logins: &Logins,
+    start: &watch::Sender<Option<Instant>>,
+) -> (JoinSet<Member>, Timing) {
+    let (t0, t0_us) = (Instant::now(), unix_micros());
+    let first_turn = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut members = JoinSet::new();
+    for i in 0..params.members {
+        let turn = first_turn + params.join_within.mul_f64(i as f64 / params.members as f64);
+        members.spawn(member(i, turn, logins.conn(i, i), shared.clone()));
+    }
+    // Without any member in after this long the run has failed; the
+    // publishers start anyway so that it ends on its own.
+    let _ = tokio::time::timeout(OPEN_LIMIT + JOIN_LIMIT, shared.first_joined.cancelled()).await;
+    let publish_at = Instant::now();
+    shared.first_publish_us.store(unix_micros(), Ordering::Relaxed);
+    let _ = start.send(Some(publish_at));
+    tokio::time::sleep(params.duration).await;
+    let publishing_ended = t0.elapsed();
+    wait_until(|| shared.settled_joins.load(Ordering::Relaxed) >= params.members, OPEN_LIMIT + JOIN_LIMIT).await;
+    let ms = |elapsed: Duration| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let timing = Timing {
+        t0_us,
+        publishing_began_ms: ms(publish_at.duration_since(t0)),
+        publishing_ended_ms: ms(publishing_ended),
+        joins_settled_ms: ms(t0.elapsed()),
+    };
+    (members, timing)
+}
+
+/// The publishers' start signal and tasks.
+type Seated = (watch::Sender<Option<Instant>>, JoinSet<()>);
+
+/// Opens and joins the publishers (users after the members), each on its
+/// beat, waiting for the start; returns once all are in or gave up.
+///
+/// # Errors
+/// When none could join.
+async fn seat_publishers(shared: &Arc<Shared>, params: &Params, logins: &Logins) -> anyhow::Result<Seated> {
+    let (start, start_rx) = watch::channel(None);
+    let period = Duration::from_secs_f64(params.publishers as f64 / params.rate);
+    let mut publishers = JoinSet::new();
+    for j in 0..params.publishers {
+        let beat = Beat {
+            index: j,
+            period,
+            offset: period.mul_f64(j as f64 / params.publishers as f64),
+            duration: params.duration,
+            pad: " ".to_owned() + &"x".repeat(params.text_bytes.saturating_sub(32)),
+        };
+        let user = params.members + j;
+        publishers.spawn(publisher(beat, logins.conn(user, user), shared.clone(), start_rx.clone()));
+    }
+    let all_tried = || shared.publishers_ready.load(Ordering::Relaxed) >= params.publishers;
+    wait_until(all_tried, OPEN_LIMIT + JOIN_LIMIT).await;
+    let joined = shared.publishers_joined.load(Ordering::Relaxed);
+    ensure!(joined > 0, "no publisher joined: {:?}", shared.join_failures.snapshot());
+    Ok((start, publishers))
 }
 
 /// Polls `done` every 20 ms until it holds or `limit` passes.
@@ -635,10 +663,10 @@ fn joined_summary(reports: &[Member]) -> Value {
     })
 }
 
-fn joins_summary(shared: &Shared, reports: &[Member], t0_us: u64, publish_after_ms: u64) -> Value {
+fn joins_summary(shared: &Shared, reports: &[Member], timing: &Timing) -> Value {
     let publish_us = shared.first_publish_us.load(Ordering::Relaxed);
     let times: Vec<u64> = reports.iter().filter(|m| m.joined_us > 0).map(|m| m.joined_us).collect();
-    let since_t0 = |us: Option<&u64>| us.map(|us| us.saturating_sub(t0_us) / 1000);
+    let since_t0 = |us: Option<&u64>| us.map(|us| us.saturating_sub(timing.t0_us) / 1000);
     json!({
         "members": reports.len(),
         "joined": times.len(),
@@ -647,7 +675,7 @@ fn joins_summary(shared: &Shared, reports: &[Member], t0_us: u64, publish_after_
         "first_joined_ms": since_t0(times.iter().min()),
         "last_joined_ms": since_t0(times.iter().max()),
         "joined_after_publishing_began": times.iter().filter(|us| **us > publish_us).count(),
-        "publishing_began_ms": publish_after_ms,
+        "publishing_began_ms": timing.publishing_began_ms,
         "time_to_welcome": shared.welcome_latency.summary(),
         "joined_latency": shared.joined_latency.summary(),
     })

@@ -23,7 +23,6 @@
 //! live sockets still joined ([`Broker`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,7 +35,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::broker::{self, Broker};
-use crate::load::clients::{self, Failures, ServerFrame, Sources, unix_micros};
+use crate::load::clients::{self, Conn, Failures, Logins, ServerFrame, Sources, unix_micros};
 use crate::load::histogram::Histogram;
 use crate::load::procs::{Meter, round3};
 use crate::load::progress;
@@ -108,6 +107,24 @@ struct Layout {
 }
 
 impl Layout {
+    /// The layout of `params`, within the run's bounds.
+    fn of(params: &Params) -> anyhow::Result<Self> {
+        ensure!(params.rooms > 0 && params.members > 0, "nothing to run");
+        ensure!(
+            params.rooms_per_socket > 0 && params.sockets_per_user > 0,
+            "rooms per socket, sockets per user: above 0"
+        );
+        ensure!(params.rooms + params.idle_rooms <= 100_000 && params.members <= 1_000, "at most 100,000 rooms");
+        ensure!(params.rooms * params.members <= 200_000, "at most 200,000 memberships");
+        ensure!(params.send_rate > 0.0, "the send rate must be positive");
+        Ok(Self {
+            rooms: params.rooms,
+            members: params.members,
+            per_socket: params.rooms_per_socket,
+            per_user: params.sockets_per_user,
+        })
+    }
+
     /// Sockets per member index: each covers `per_socket` consecutive rooms.
     fn chunks(self) -> usize {
         self.rooms.div_ceil(self.per_socket)
@@ -159,14 +176,6 @@ fn idle_shares(idle_rooms: usize, per_socket: usize, per_user: usize) -> Vec<Vec
     (0..workers).map(|w| (w..idle_rooms).step_by(workers).collect()).collect()
 }
 
-/// Where one socket connects, as whom.
-#[derive(Debug, Clone)]
-struct Conn {
-    front: SocketAddr,
-    local: Option<IpAddr>,
-    cookie: String,
-}
-
 /// A `send` frame whose text carries the send time.
 fn send_frame(room: &str, cid: &str) -> String {
     format!(r#"{{"type":"send","room":"{room}","text":"t={} {cid}","cid":"{cid}"}}"#, unix_micros())
@@ -216,6 +225,11 @@ struct Idle {
 }
 
 impl Idle {
+    fn new(prefix: &str, rooms: usize) -> Self {
+        let prefix = format!("{prefix}-i");
+        Self { names: (0..rooms).map(|r| format!("{prefix}{r}")).collect(), prefix, ..Self::default() }
+    }
+
     fn describe(&self, took: Duration) -> Value {
         json!({
             "rooms": self.names.len(),
@@ -235,8 +249,7 @@ impl Idle {
 /// One idle socket: its rooms in batches of `per_socket`, each batch
 /// joined, sent to once and left.
 async fn idle_socket(rooms: Vec<usize>, per_socket: usize, conn: Conn, idle: Arc<Idle>) {
-    let opened = clients::open_admitted(conn.front, conn.local, &conn.cookie, OPEN_LIMIT).await;
-    let (mut reader, writer) = match opened {
+    let (mut reader, writer) = match clients::open_admitted(&conn, OPEN_LIMIT).await {
         Ok((reader, writer, _)) => (reader, writer),
         Err(reason) => return idle.sockets_failed.add(reason),
     };
@@ -385,6 +398,33 @@ impl Live {
         }
     }
 
+    fn describe_joins(&self, layout: Layout, took: Duration) -> Value {
+        json!({
+            "expected": layout.rooms * layout.members,
+            "joined": self.joined.load(Ordering::Relaxed),
+            "errors": self.join_errors.snapshot(),
+            "unanswered": self.joins_unanswered.load(Ordering::Relaxed),
+            "sockets": layout.sockets(),
+            "sockets_failed": self.sockets_failed.snapshot(),
+            "handshake_refusals": self.handshake_refusals.load(Ordering::Relaxed),
+            "latency": self.join_latency.summary(),
+            "s": round3(took.as_secs_f64()),
+        })
+    }
+
+    fn describe_sends(&self, sends: u64, took: Duration, settled: Duration) -> Value {
+        json!({
+            "rooms": sends,
+            "acked": self.acked.iter().filter(|a| a.load(Ordering::Relaxed) > 0).count(),
+            "errors": self.send_errors.snapshot(),
+            "unanswered": sends.saturating_sub(self.answered.load(Ordering::Relaxed)),
+            "rate_limited_retries": self.retries.load(Ordering::Relaxed),
+            "ack_latency": self.ack_latency.summary(),
+            "s": round3(took.as_secs_f64()),
+            "settle_s": round3(settled.as_secs_f64()),
+        })
+    }
+
     fn send(&self, room: usize, writer: &Writer) {
         self.sent_at[room].store(unix_micros(), Ordering::Relaxed);
         writer.send_text(send_frame(&self.names[room], &format!("l{room}")));
@@ -450,7 +490,7 @@ async fn live_socket(index: usize, rooms: Range<usize>, conn: Conn, live: Arc<Li
     let mut held = Held::default();
     let opened = {
         let _permit = permits.acquire().await;
-        clients::open_admitted(conn.front, conn.local, &conn.cookie, OPEN_LIMIT).await
+        clients::open_admitted(&conn, OPEN_LIMIT).await
     };
     let (mut reader, writer) = match opened {
         Ok((reader, writer, refused)) => {
@@ -557,7 +597,8 @@ async fn settle(live: &Live, sends: u64, limit: Duration) -> Duration {
     started.elapsed()
 }
 
-/// Expected, received and missing deliveries, from every socket's books.
+/// Expected, received and missing deliveries, from every socket's books:
+/// a message is expected once its send is acked.
 fn tally(live: &Live, held: &[Held]) -> Value {
     let (mut expected, mut received, mut missing, mut unacked) = (0_u64, 0_u64, 0_u64, 0_u64);
     let acked = |room: usize| live.acked[room].load(Ordering::Relaxed) > 0;
@@ -568,12 +609,20 @@ fn tally(live: &Live, held: &[Held]) -> Value {
         }
         unacked += socket.counts.keys().filter(|room| !acked(**room)).count() as u64;
     }
+    // Per room, acked or not: a room whose send timed out may still have
+    // delivered it late, and a room nobody heard from is dead whatever the
+    // acks say.
+    let heard = |room: usize| live.received[room].load(Ordering::Relaxed);
+    let joined = |room: usize| live.members_joined[room].load(Ordering::Relaxed);
+    let rooms = 0..live.names.len();
     json!({
         "expected": expected,
         "received": received,
         "missing": missing,
         "duplicates": live.duplicates.load(Ordering::Relaxed),
         "of_unacked_sends": unacked,
+        "rooms_heard_by_every_member": rooms.clone().filter(|r| joined(*r) > 0 && heard(*r) >= joined(*r)).count(),
+        "rooms_heard_by_nobody": rooms.filter(|r| heard(*r) == 0).count(),
         "latency": live.latency.summary(),
     })
 }
@@ -585,47 +634,27 @@ fn tally(live: &Live, held: &[Held]) -> Value {
 /// # Errors
 /// When the sizes are out of bounds or the logins fail.
 pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
-    ensure!(params.rooms > 0 && params.members > 0, "nothing to run");
-    ensure!(params.rooms_per_socket > 0 && params.sockets_per_user > 0, "rooms per socket, sockets per user: above 0");
-    ensure!(params.rooms + params.idle_rooms <= 100_000 && params.members <= 1_000, "at most 100,000 rooms");
-    ensure!(params.rooms * params.members <= 200_000, "at most 200,000 memberships");
-    ensure!(params.send_rate > 0.0, "the send rate must be positive");
-    let layout = Layout {
-        rooms: params.rooms,
-        members: params.members,
-        per_socket: params.rooms_per_socket,
-        per_user: params.sockets_per_user,
-    };
+    let layout = Layout::of(params)?;
     let shares = idle_shares(params.idle_rooms, params.rooms_per_socket, params.sockets_per_user);
     clients::check_fd_budget(layout.sockets() + shares.len() + params.concurrency)?;
     let prefix = testkit::unique("rooms");
     let broker = Broker::locate(target, params.broker_node.as_deref()).await;
     let started = Instant::now();
-    let users: Vec<String> =
-        (0..layout.users()).map(|u| format!("{prefix}-u{u}")).chain([format!("{prefix}-idle")]).collect();
-    let cookies = clients::login_all(target, &users, params.concurrency).await?;
+    let idle_user = (!shares.is_empty()).then(|| format!("{prefix}-idle"));
+    let users: Vec<String> = (0..layout.users()).map(|u| format!("{prefix}-u{u}")).chain(idle_user).collect();
+    let logins = Logins::new(target, &users, params.concurrency, Sources::new(params.sources)?).await?;
     let logins_s = started.elapsed().as_secs_f64();
-    let sources = Sources::new(params.sources)?;
-    let conn = |user: usize, socket: usize| Conn {
-        front: target.front(user),
-        local: sources.pick(socket),
-        cookie: cookies[user].clone(),
-    };
     let before = broker.snapshot().await;
     warn_if_broker_short(&before, params);
     let meter = Meter::start(&target.watched());
-    let idle = Arc::new(Idle {
-        names: (0..params.idle_rooms).map(|r| format!("{prefix}-i{r}")).collect(),
-        prefix: format!("{prefix}-i"),
-        ..Idle::default()
-    });
+    let idle = Arc::new(Idle::new(&prefix, params.idle_rooms));
     let live = Arc::new(Live::new(format!("{prefix}-l"), layout.rooms, layout.sockets()));
     let ticker = progress::spawn("rooms", live.stop.child_token(), progress_line(idle.clone(), live.clone()));
 
     let idle_started = Instant::now();
+    let idle_conns = (0..shares.len()).map(|worker| logins.conn(users.len() - 1, layout.sockets() + worker));
     let mut idle_tasks = JoinSet::new();
-    for (worker, rooms) in shares.iter().enumerate() {
-        let conn = conn(users.len() - 1, layout.sockets() + worker);
+    for (rooms, conn) in shares.iter().zip(idle_conns) {
         idle_tasks.spawn(idle_socket(rooms.clone(), params.rooms_per_socket, conn, idle.clone()));
     }
     while idle_tasks.join_next().await.is_some() {}
@@ -633,22 +662,8 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
     let after_idle = if shares.is_empty() { Value::Null } else { broker.snapshot().await };
 
     let joins_started = Instant::now();
-    let permits = Arc::new(Semaphore::new(params.concurrency.max(1)));
-    let mut sockets = JoinSet::new();
-    for socket in 0..layout.sockets() {
-        let conn = conn(layout.user_of(socket), socket);
-        sockets.spawn(live_socket(socket, layout.rooms_of(socket), conn, live.clone(), permits.clone()));
-    }
-    while live.ready.load(Ordering::Relaxed) < layout.sockets() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut sockets = open_live(&live, layout, &logins, params.concurrency).await;
     let joins_took = joins_started.elapsed();
-    progress::note(&format!(
-        "{} of {} joins answered `joined`",
-        live.joined.load(Ordering::Relaxed),
-        params.rooms * params.members
-    ));
-
     let sends_started = Instant::now();
     let sends = send_all(&live, layout, params.send_rate).await;
     let sends_took = sends_started.elapsed();
@@ -668,35 +683,16 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
         "setup": {
             "users": users.len(),
             "sockets": layout.sockets() + shares.len(),
-            "sources": sources.len(),
+            "sources": logins.sources(),
             "logins_s": round3(logins_s),
         },
         "idle": idle.describe(idle_took),
-        "joins": {
-            "expected": params.rooms * params.members,
-            "joined": live.joined.load(Ordering::Relaxed),
-            "errors": live.join_errors.snapshot(),
-            "unanswered": live.joins_unanswered.load(Ordering::Relaxed),
-            "sockets": layout.sockets(),
-            "sockets_failed": live.sockets_failed.snapshot(),
-            "handshake_refusals": live.handshake_refusals.load(Ordering::Relaxed),
-            "latency": live.join_latency.summary(),
-            "s": round3(joins_took.as_secs_f64()),
-        },
-        "sends": {
-            "rooms": sends,
-            "acked": live.acked.iter().filter(|a| a.load(Ordering::Relaxed) > 0).count(),
-            "errors": live.send_errors.snapshot(),
-            "unanswered": sends.saturating_sub(live.answered.load(Ordering::Relaxed)),
-            "rate_limited_retries": live.retries.load(Ordering::Relaxed),
-            "ack_latency": live.ack_latency.summary(),
-            "s": round3(sends_took.as_secs_f64()),
-            "settle_s": round3(settled.as_secs_f64()),
-        },
-        "deliveries": deliveries,
-        "sockets_ended": live.sockets_ended.snapshot(),
+        "joins": live.describe_joins(layout, joins_took),
+        "sends": live.describe_sends(sends, sends_took, settled),
         "missing": deliveries["missing"],
         "duplicates": deliveries["duplicates"],
+        "deliveries": deliveries,
+        "sockets_ended": live.sockets_ended.snapshot(),
         "broker": {
             "which": broker.describe(),
             "before": before,
@@ -707,6 +703,23 @@ pub async fn run(target: &Target, params: &Params) -> anyhow::Result<Value> {
         "wall_s": round3(started.elapsed().as_secs_f64()),
         "cpu": cpu,
     }))
+}
+
+/// Opens every live socket (`concurrency` at a time) and waits until each
+/// has its joins answered or has failed; the sockets keep reading.
+async fn open_live(live: &Arc<Live>, layout: Layout, logins: &Logins, concurrency: usize) -> JoinSet<Held> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut sockets = JoinSet::new();
+    for socket in 0..layout.sockets() {
+        let conn = logins.conn(layout.user_of(socket), socket);
+        sockets.spawn(live_socket(socket, layout.rooms_of(socket), conn, live.clone(), permits.clone()));
+    }
+    while live.ready.load(Ordering::Relaxed) < layout.sockets() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joined = live.joined.load(Ordering::Relaxed);
+    progress::note(&format!("{joined} of {} joins answered `joined`", layout.rooms * layout.members));
+    sockets
 }
 
 /// Says so when the broker's free descriptors look too few for the rooms:
