@@ -75,6 +75,10 @@ pub struct TargetArgs {
     /// that other runs share.
     #[arg(long)]
     pub private_services: bool,
+    /// Our private RabbitMQ: its open-files limit (`ulimit -n`), e.g. 1024
+    /// as the machine's broker has; default: this process's.
+    #[arg(long)]
+    pub broker_open_files: Option<u32>,
     /// Our stack: more gateway environment as KEY=VALUE (repeatable), after
     /// the raised limits, e.g. GATEWAY_MAX_QUEUE_BYTES=32768.
     #[arg(long = "gateway-env", value_parser = parse_env)]
@@ -341,6 +345,7 @@ impl TargetArgs {
             bridges: self.bridges,
             haproxy: self.haproxy,
             private_services: self.private_services,
+            broker_open_files: self.broker_open_files,
             watch: self.watch.clone(),
             gateway_env: self.gateway_env.clone(),
             admins: self.admin.clone(),

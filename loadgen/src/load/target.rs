@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use testkit::services::{RabbitNode, RedisServer};
+use testkit::services::{NodeOptions, RabbitNode, RedisServer};
 use testkit::stack::{Extras, Shape, Stack};
 
 use crate::load::procs::{self, Watched};
@@ -41,6 +41,8 @@ pub struct TargetSpec {
     pub haproxy: bool,
     /// Our stack: its own Redis and RabbitMQ instead of the shared ones.
     pub private_services: bool,
+    /// Our private RabbitMQ's open-files limit (default: ours).
+    pub broker_open_files: Option<u32>,
     /// Our stack: the gateways' drain window.
     pub drain_window: Duration,
     /// More processes to measure (`--watch name=pid`).
@@ -61,6 +63,7 @@ impl Default for TargetSpec {
             bridges: 1,
             haproxy: false,
             private_services: false,
+            broker_open_files: None,
             drain_window: Duration::from_secs(10),
             watch: Vec::new(),
             gateway_env: Vec::new(),
@@ -109,7 +112,8 @@ impl Target {
         }
         let (redis, rabbit) = if spec.private_services {
             let redis = RedisServer::start().await.context("start a private Redis")?;
-            let rabbit = RabbitNode::start().await.context("start a private RabbitMQ")?;
+            let options = NodeOptions { open_files: spec.broker_open_files, ..NodeOptions::default() };
+            let rabbit = RabbitNode::start_with(options).await.context("start a private RabbitMQ")?;
             (Some(redis), Some(rabbit))
         } else {
             (None, None)
@@ -221,6 +225,7 @@ impl Target {
                     "bridges": spec.bridges,
                     "haproxy": spec.haproxy,
                     "private_services": spec.private_services,
+                    "broker_open_files": spec.broker_open_files,
                     "drain_window_ms": spec.drain_window.as_millis() as u64,
                     "raised_limits": RAISED_LIMITS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                     "gateway_env": spec.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
