@@ -4,53 +4,19 @@
 //! scanning the partition), cids are stored once, and SIGTERM tells gateways
 //! to move.
 
+mod support;
+
 use std::time::Duration;
 
 use anyhow::Context;
+use proto::warren::v1::HistoryRequest;
 use proto::warren::v1::bridge_client::BridgeClient;
 use proto::warren::v1::bridge_frame::Kind;
-use proto::warren::v1::gateway_frame::Kind as Out;
-use proto::warren::v1::{BridgeFrame, GatewayFrame, HistoryRequest, Publish, Subscribe};
+use support::Attached;
 use testkit::stack::start_bridge;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-
-struct Attached {
-    frames: mpsc::Sender<GatewayFrame>,
-    inbound: Streaming<BridgeFrame>,
-}
 
 async fn attach(client: &mut BridgeClient<tonic::transport::Channel>) -> anyhow::Result<Attached> {
-    let (frames, rx) = mpsc::channel(64);
-    let inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
-    Ok(Attached { frames, inbound })
-}
-
-impl Attached {
-    async fn send(&self, kind: Out) -> anyhow::Result<()> {
-        self.frames.send(GatewayFrame { kind: Some(kind) }).await.context("stream closed")
-    }
-
-    async fn next(&mut self) -> anyhow::Result<Kind> {
-        let frame = tokio::time::timeout(Duration::from_secs(10), self.inbound.message())
-            .await
-            .context("no frame in time")??
-            .context("stream ended")?;
-        frame.kind.context("empty frame")
-    }
-
-    async fn publish(&self, request_id: u64, room: &str, text: &str, cid: &str) -> anyhow::Result<()> {
-        let publish = Publish {
-            request_id,
-            room: room.to_owned(),
-            user: "alice".to_owned(),
-            text: text.to_owned(),
-            cid: cid.to_owned(),
-            traceparent: String::new(),
-        };
-        self.send(Out::Publish(publish)).await
-    }
+    Attached::on(client).await
 }
 
 #[tokio::test]
@@ -59,7 +25,7 @@ async fn publishes_are_acked_streamed_replayed_and_stored_once() -> anyhow::Resu
     let mut client = BridgeClient::connect(format!("http://{}", bridge.addr)).await?;
     let room = testkit::unique("grpc");
     let mut gateway = attach(&mut client).await?;
-    gateway.send(Out::Subscribe(Subscribe { room: room.clone() })).await?;
+    gateway.subscribe(&room).await?;
     assert!(matches!(gateway.next().await?, Kind::Subscribed(s) if s.room == room && s.last_id == 0));
 
     gateway.publish(1, &room, "one", "c-1").await?;
@@ -92,7 +58,7 @@ async fn publishes_are_acked_streamed_replayed_and_stored_once() -> anyhow::Resu
 
     // A second gateway is told the room's newest id, then gets what follows.
     let mut late = attach(&mut client).await?;
-    late.send(Out::Subscribe(Subscribe { room: room.clone() })).await?;
+    late.subscribe(&room).await?;
     assert!(matches!(late.next().await?, Kind::Subscribed(s) if s.last_id == ids[1]));
     late.publish(4, &room, "three", "c-3").await?;
     let mut third = None;

@@ -4,65 +4,31 @@
 //! name it) while every other room keeps working; a memory alarm is reported
 //! and publishes are refused at once while subscriptions still hold.
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use bridge::room::Layout;
-use proto::warren::v1::bridge_client::BridgeClient;
 use proto::warren::v1::bridge_frame::Kind;
-use proto::warren::v1::gateway_frame::Kind as Out;
-use proto::warren::v1::{BridgeFrame, GatewayFrame, Publish, Subscribe};
+use support::{Attached, not_ready_saying};
 use testkit::http::Client;
 use testkit::services::{NodeOptions, RabbitNode};
 use testkit::stack::start_bridge_on;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 
 /// The bridge's default: a room's partition is computed with it here.
 const PARTITIONS: u16 = 8;
 
-struct Attached {
-    frames: mpsc::Sender<GatewayFrame>,
-    inbound: Streaming<BridgeFrame>,
-}
-
-impl Attached {
-    async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
-        let mut client = BridgeClient::connect(format!("http://{addr}")).await?;
-        let (frames, rx) = mpsc::channel(8192);
-        let inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
-        Ok(Self { frames, inbound })
-    }
-
-    async fn send(&self, kind: Out) -> anyhow::Result<()> {
-        self.frames.send(GatewayFrame { kind: Some(kind) }).await.context("stream closed")
-    }
-
-    async fn subscribe(&self, room: &str) -> anyhow::Result<()> {
-        self.send(Out::Subscribe(Subscribe { room: room.to_owned() })).await
-    }
-
-    async fn publish(&self, request_id: u64, room: &str) -> anyhow::Result<()> {
-        let publish = Publish {
-            request_id,
-            room: room.to_owned(),
-            user: "alice".to_owned(),
-            text: format!("hello {room}"),
-            cid: format!("c-{request_id}"),
-            traceparent: String::new(),
-        };
-        self.send(Out::Publish(publish)).await
-    }
-
-    async fn next(&mut self) -> anyhow::Result<Kind> {
-        let frame = tokio::time::timeout(Duration::from_secs(20), self.inbound.message())
-            .await
-            .context("no frame in time")??
-            .context("stream ended")?;
-        frame.kind.context("empty frame")
-    }
+/// The partitions whose `warren_bridge_<name>` gauge reads `value`.
+fn gauge_is(metrics: &str, name: &str, value: &str) -> HashSet<u16> {
+    let prefix = format!("warren_bridge_{name}{{partition=\"");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| rest.split_once("\"} ").filter(|(_, read)| *read == value))
+        .filter_map(|(partition, _)| partition.parse().ok())
+        .collect()
 }
 
 /// Open descriptors of a process.
@@ -87,7 +53,7 @@ async fn three_thousand_rooms_on_a_node_with_256_descriptors() -> anyhow::Result
         gateway.subscribe(room).await?;
     }
     for (n, room) in (1..).zip(&rooms) {
-        gateway.publish(n, room).await?;
+        gateway.publish(n, room, &format!("hello {room}"), &format!("c-{n}")).await?;
     }
     let (mut subscribed, mut acked, mut delivered) = (0, HashSet::new(), HashSet::new());
     while subscribed < ROOMS || (acked.len() as u64) < ROOMS || (delivered.len() as u64) < ROOMS {
@@ -111,26 +77,22 @@ async fn a_partition_the_broker_will_not_serve_is_reported_and_the_rest_works() 
     let node = RabbitNode::start_with(NodeOptions { channel_max: Some(6), ..NodeOptions::default() }).await?;
     let bridge = start_bridge_on(2, &node.url(), true).await?;
     let mut admin = Client::new(bridge.admin);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        let ready = admin.get("/readyz").await?;
-        let body = String::from_utf8_lossy(&ready.body).into_owned();
-        if body.contains("cannot be read") || tokio::time::Instant::now() > deadline {
-            assert_eq!(ready.status, http::StatusCode::SERVICE_UNAVAILABLE);
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let body = not_ready_saying(&mut admin, "cannot be read").await?;
     assert!(body.contains("cannot be read") && body.contains("channels"), "readiness says why: {body}");
-    // Every partition has tried by now: the ones without a reader say so.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let metrics = String::from_utf8_lossy(&admin.get("/metrics").await?.body).into_owned();
-    let unread: HashSet<u16> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("warren_bridge_partition_attached{partition=\""))
-        .filter_map(|rest| rest.split_once("\"} ").filter(|(_, value)| *value == "0"))
-        .filter_map(|(partition, _)| partition.parse().ok())
-        .collect();
+    // The partitions without a reader, once every one with a reader has
+    // caught up and the set holds still for a second.
+    let mut last = None;
+    let unread = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let metrics = String::from_utf8_lossy(&admin.get("/metrics").await?.body).into_owned();
+        let (unread, caught_up) =
+            (gauge_is(&metrics, "partition_attached", "0"), gauge_is(&metrics, "partition_caught_up", "1"));
+        let settled = caught_up.len() + unread.len() == usize::from(PARTITIONS);
+        if settled && last.as_ref() == Some(&unread) {
+            break unread;
+        }
+        last = settled.then_some(unread);
+    };
     assert!((1..usize::from(PARTITIONS)).contains(&unread.len()), "some partitions are read, some not: {unread:?}");
 
     let layout = Layout::new(PARTITIONS);
@@ -149,8 +111,8 @@ async fn a_partition_the_broker_will_not_serve_is_reported_and_the_rest_works() 
     }
     gateway.subscribe(&good).await?;
     assert!(matches!(gateway.next().await?, Kind::Subscribed(s) if s.room == good));
-    gateway.publish(1, &good).await?;
-    gateway.publish(2, &bad).await?;
+    gateway.publish(1, &good, "hello", "c-1").await?;
+    gateway.publish(2, &bad, "hello", "c-2").await?;
     let (mut good_acked, mut good_delivered, mut bad_refused) = (false, false, false);
     while !(good_acked && good_delivered && bad_refused) {
         match gateway.next().await? {
@@ -175,16 +137,7 @@ async fn a_memory_alarm_is_reported_and_publishes_are_refused_at_once() -> anyho
     let node = RabbitNode::start_with(NodeOptions { memory_alarm: true, ..NodeOptions::default() }).await?;
     let bridge = start_bridge_on(3, &node.url(), true).await?;
     let mut admin = Client::new(bridge.admin);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        let ready = admin.get("/readyz").await?;
-        let body = String::from_utf8_lossy(&ready.body).into_owned();
-        if body.contains("blocks publishing") || tokio::time::Instant::now() > deadline {
-            assert_eq!(ready.status, http::StatusCode::SERVICE_UNAVAILABLE);
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let body = not_ready_saying(&mut admin, "blocks publishing").await?;
     assert!(body.contains("blocks publishing"), "readiness says why: {body}");
     let metrics = String::from_utf8_lossy(&admin.get("/metrics").await?.body).into_owned();
     assert!(metrics.lines().any(|line| line == "warren_bridge_amqp_blocked 1"), "the metric says so");
@@ -193,7 +146,7 @@ async fn a_memory_alarm_is_reported_and_publishes_are_refused_at_once() -> anyho
     gateway.subscribe("alarmed").await?;
     assert!(matches!(gateway.next().await?, Kind::Subscribed(_)));
     let started = tokio::time::Instant::now();
-    gateway.publish(1, "alarmed").await?;
+    gateway.publish(1, "alarmed", "hello", "c-1").await?;
     match gateway.next().await? {
         Kind::Error(error) => {
             assert_eq!(error.code, "unavailable", "{error:?}");
