@@ -36,6 +36,7 @@ pub fn describe() {
         "History reads, by source: the rooms' index in memory, or a partition scan."
     );
     describe_counter!("warren_bridge_amqp_reconnects_total", "Broker connections opened after the first.");
+    zero_series();
 }
 
 /// A gateway stream opened (`true`) or closed.
@@ -111,4 +112,25 @@ pub fn partition_attached(partition: u16, attached: bool) {
 /// A subscription was refused (its partition cannot be read).
 pub fn subscription_refused() {
     counter!("warren_bridge_subscriptions_refused_total").increment(1);
+}
+
+/// Exports every counter a dashboard or alert reads at 0, for its known label
+/// values, before its first event: `rate()` and `increase()` need a sample
+/// before the event to see it, so the first failure after a start counts.
+fn zero_series() {
+    for name in [
+        "warren_bridge_publishes_total",
+        "warren_bridge_replay_reads_total",
+        "warren_bridge_replay_messages_total",
+        "warren_bridge_amqp_reconnects_total",
+        "warren_bridge_subscriptions_refused_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    for reason in ["unavailable", "timeout", "rejected"] {
+        counter!("warren_bridge_publish_failures_total", "reason" => reason).increment(0);
+    }
+    for source in ["index", "scan"] {
+        counter!("warren_bridge_history_reads_total", "source" => source).increment(0);
+    }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
+use crate::mailbox::{CloseReason, close};
+
 /// Describes every metric, so that `/metrics` carries help text and units.
 pub fn describe() {
     describe_gauge!("warren_gateway_sockets_open", "WebSockets open now.");
@@ -46,6 +48,7 @@ pub fn describe() {
         "warren_gateway_presence_expired_entries_total",
         "Presence entries of expired gateways removed by this gateway."
     );
+    zero_series();
 }
 
 /// A socket opened.
@@ -167,4 +170,46 @@ pub fn history_request() {
 /// A join was refused with `code`.
 pub fn join_refused(code: &'static str) {
     counter!("warren_gateway_joins_refused_total", "code" => code).increment(1);
+}
+
+/// Exports every counter a dashboard or alert reads at 0, for its known label
+/// values, before its first event: `rate()` and `increase()` need a sample
+/// before the event to see it, so the first failure after a start counts.
+fn zero_series() {
+    for name in [
+        "warren_gateway_sockets_accepted_total",
+        "warren_gateway_bytes_out_total",
+        "warren_gateway_messages_delivered_total",
+        "warren_gateway_queue_overflows_total",
+        "warren_gateway_resumes_total",
+        "warren_gateway_messages_replayed_total",
+        "warren_gateway_bridge_reconnects_total",
+        "warren_gateway_history_requests_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    let closes =
+        [CloseReason::RESTART, CloseReason::SLOW, CloseReason::IDLE, CloseReason::ABUSE, CloseReason::SESSION_ENDED];
+    for reason in closes.into_iter().chain([CloseReason { code: close::NORMAL, text: "" }]) {
+        counter!("warren_gateway_sockets_closed_total", "reason" => reason.label(), "code" => reason.code.to_string())
+            .increment(0);
+    }
+    let refusals = ["rate_limited", "origin", "no_session", "bad_signature", "unknown_session", "store_unavailable"];
+    for reason in refusals.into_iter().chain(["gateway_full", "user_sockets"]) {
+        counter!("warren_gateway_handshakes_refused_total", "reason" => reason).increment(0);
+    }
+    for op in ["get", "set", "expire", "exists", "del", "logout"] {
+        counter!("warren_gateway_redis_errors_total", "op" => op).increment(0);
+    }
+    for kind in ["join", "leave", "send", "ping", "members", "invalid", "binary"] {
+        counter!("warren_gateway_frames_in_total", "type" => kind).increment(0);
+    }
+    for kind in
+        ["welcome", "joined", "left", "message", "ack", "error", "presence_diff", "members", "pong", "reconnect"]
+    {
+        counter!("warren_gateway_frames_out_total", "type" => kind).increment(0);
+    }
+    for code in ["unavailable", "refused"] {
+        counter!("warren_gateway_joins_refused_total", "code" => code).increment(0);
+    }
 }

@@ -64,3 +64,45 @@ async fn metrics_move_with_traffic() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The counters the chart's dashboards and alerts read (`warren_*_total`).
+fn counters_read_by_the_chart() -> anyhow::Result<Vec<String>> {
+    let chart = testkit::stack::repo_root().join("charts/warren");
+    let mut names = std::collections::BTreeSet::new();
+    for dir in ["dashboards", "alerts"] {
+        for entry in std::fs::read_dir(chart.join(dir))? {
+            let text = std::fs::read_to_string(entry?.path())?;
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("warren_") {
+                let name: String =
+                    rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if name.ends_with("_total") {
+                    names.insert(name.clone());
+                }
+                rest = &rest[at + name.len().max(1)..];
+            }
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// Every counter a dashboard or an alert reads exists from start-up, before
+/// its first event: otherwise `rate()` and `increase()` miss the first
+/// failure after a restart, and its alert never fires.
+#[tokio::test]
+async fn every_counter_the_chart_reads_is_exported_from_start_up() -> anyhow::Result<()> {
+    let stack = Stack::start(Shape { bridges: 1, gateways: 1, haproxy: false }).await?;
+    let gateway = Client::new(stack.gateways[0].admin).get("/metrics").await?.text();
+    let bridge = Client::new(stack.bridges[0].admin).get("/metrics").await?.text();
+    let names = counters_read_by_the_chart()?;
+    assert!(names.len() >= 10, "the chart reads counters: {names:?}");
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            let page = if name.starts_with("warren_bridge_") { &bridge } else { &gateway };
+            sample(page, name).is_none()
+        })
+        .collect();
+    assert!(missing.is_empty(), "not exported before their first event: {missing:?}");
+    Ok(())
+}
