@@ -26,6 +26,7 @@ import json
 import os
 import re
 import subprocess
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -746,6 +747,27 @@ def config_and_secret_changes_roll_the_pods():
     sec = checksums("--set", "amqp.url=amqp://other:5672/%2f")
     assert sec["bridge"]["checksum/secret"] != base["bridge"]["checksum/secret"]
     assert sec["gateway"] == base["gateway"], "the AMQP URL must not roll the gateways"
+
+
+@test
+def chart_upgrades_restart_no_pod_by_themselves():
+    """A new chart version with the same values and image changes no pod template."""
+    def pod_templates(chart: Path) -> dict:
+        proc = run(HELM, "template", RELEASE, str(chart), "--kube-version", "1.32.0",
+                   "--set", "image.tag=1.2.3", "--set", "redis.dev.enabled=true", "--set", "amqp.dev.enabled=true")
+        return {(d["kind"], d["metadata"]["name"]): d["spec"]["template"]
+                for d in docs(proc.stdout) if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")}
+    with tempfile.TemporaryDirectory() as scratch:
+        bumped = Path(scratch) / "warren"
+        shutil.copytree(CHART, bumped)
+        meta = yaml.safe_load((bumped / "Chart.yaml").read_text())
+        meta["version"] = meta["version"] + "-next.1"
+        meta["appVersion"] = str(meta.get("appVersion", "")) + "-next.1"
+        (bumped / "Chart.yaml").write_text(yaml.safe_dump(meta))
+        before, after = pod_templates(CHART), pod_templates(bumped)
+    assert before and before.keys() == after.keys(), "the same workloads"
+    changed = [name for name in before if before[name] != after[name]]
+    assert not changed, f"a chart version bump changes these pod templates: {changed}\n{diff(before, after)}"
 
 
 @test

@@ -54,6 +54,22 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/*
+Labels of one component's pods: the component's labels without the chart's
+and the app's version, which change with every chart release. A pod template
+that changes restarts every pod, and a gateway restart is a reconnect wave
+for its users: an upgrade to a new chart version with the same values and
+image must not roll anything.
+*/}}
+{{- define "warren.podLabels" -}}
+{{ include "warren.selectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: warren
+{{- with .ctx.Values.global.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* The ServiceAccount the pods run as. */}}
 {{- define "warren.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
