@@ -792,7 +792,12 @@ def service_monitor_is_opt_in_and_scrapes_admin_ports():
     assert sm["spec"]["endpoints"][0]["port"] == "admin" and sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     ha = rendered("ha")
     admin_services = [s["metadata"]["name"] for s in all_of(ha, "Service") if any(p["name"] == "admin" for p in s["spec"]["ports"])]
-    assert sorted(admin_services) == [f"{RELEASE}-bridge", f"{RELEASE}-gateway-admin"], admin_services
+    assert sorted(admin_services) == [f"{RELEASE}-bridge-admin", f"{RELEASE}-gateway-admin"], admin_services
+    # Endpoints drop a terminating pod unless the Service publishes
+    # not-ready addresses: without it, a drain is never scraped.
+    for service in all_of(ha, "Service"):
+        is_admin = any(p["name"] == "admin" for p in service["spec"]["ports"])
+        assert service["spec"].get("publishNotReadyAddresses", False) == is_admin, service["metadata"]["name"]
 
 
 def datasource_refs(node):
