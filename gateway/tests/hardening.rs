@@ -321,3 +321,28 @@ async fn frames_until_close(stream: &mut TcpStream) -> anyhow::Result<(Vec<u8>, 
     };
     tokio::time::timeout(Duration::from_secs(10), read).await.context("no close frame")?
 }
+
+/// A flooder that writes 400 sends back to back before it reads anything
+/// still gets its close frame (1008 and the reason), not a reset.
+#[tokio::test]
+async fn a_flooder_that_reads_nothing_until_it_has_written_gets_its_close_frame() -> anyhow::Result<()> {
+    let stack = one_gateway(&[]).await?;
+    let addr = stack.gateways[0].addr;
+    let mut client = Client::new(addr);
+    client.login("blind-flooder").await?;
+    let mut stream = raw_socket(addr, client.cookie.as_deref().context("cookie")?).await?;
+    let room = testkit::unique("blind");
+    let join = json!({"type": "join", "room": room}).to_string();
+    stream.write_all(&masked(true, 0x1, join.as_bytes())).await?;
+    let mut flood = Vec::new();
+    for n in 0..400 {
+        let send = json!({"type": "send", "room": room, "text": "x", "cid": format!("c{n}")}).to_string();
+        flood.extend(masked(true, 0x1, send.as_bytes()));
+    }
+    // Written whole, as a client that does not read meanwhile would.
+    let _ = stream.write_all(&flood).await;
+    let (_, code, reason) = frames_until_close(&mut stream).await?;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("rate limit"), "{reason}");
+    Ok(())
+}

@@ -74,8 +74,7 @@ fn counters_read_by_the_chart() -> anyhow::Result<Vec<String>> {
             let text = std::fs::read_to_string(entry?.path())?;
             let mut rest = text.as_str();
             while let Some(at) = rest.find("warren_") {
-                let name: String =
-                    rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                let name: String = rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
                 if name.ends_with("_total") {
                     names.insert(name.clone());
                 }
