@@ -28,6 +28,7 @@
   const STATUS_MS = 5000;
   const MAX_KEEP = 2000;         // messages kept per room
   const RETRYABLE = new Set(['unavailable', 'timeout']);
+  const JOIN_RETRY_MS = 1000;    // a join refused as `unavailable` is sent again after this (or retry_after_ms)
   const MEMBERS_RETRY_MS = 1000; // a refused `members` request is asked again after this (or retry_after_ms)
   const LOGIN = 'login';         // checkSession(): no valid session
 
@@ -452,6 +453,7 @@
 
   function onError(f) {
     showStatus(f.message ? `${f.code}: ${f.message}` : String(f.code));
+    if (!f.cid && f.room) return retryJoin(f);
     if (!f.cid) retryMembers(f);
     const item = f.cid ? st.outbox.get(f.cid) : null;
     if (!item) return;
@@ -463,6 +465,19 @@
     st.outbox.delete(f.cid);
     item.status = 'failed';
     paint(item);
+  }
+
+  /**
+   * A refused join names its room: a retryable refusal (no bridge took the
+   * room yet) is asked again after the wait it names, while the socket is
+   * the same and the room still not joined.
+   */
+  function retryJoin(f) {
+    const r = st.rooms.get(f.room);
+    if (!r || r.joined || f.code !== 'unavailable') return;
+    const socket = st.socket;
+    const wait = Math.max(JOIN_RETRY_MS, Number(f.retry_after_ms) || 0);
+    setTimeout(() => { if (st.socket === socket && !r.joined) sendJoin(r); }, wait * (0.5 + Math.random()));
   }
 
   /** An error without a cid may refuse a `members` request: ask again later. */

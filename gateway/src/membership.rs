@@ -63,7 +63,8 @@ impl Membership {
     pub async fn join(&self, member: &mut Member, room: String, since: Option<u64>) -> Result<(), FrameError> {
         if !member.is_in(&room) && member.rooms.len() >= self.max_rooms {
             let limit = self.max_rooms;
-            return Err(FrameError::new("too_many_rooms", format!("a socket may join at most {limit} rooms")));
+            let error = FrameError::new("too_many_rooms", format!("a socket may join at most {limit} rooms"));
+            return Err(error.with_room(&room));
         }
         if since.is_some() {
             metrics::resumed();
@@ -102,6 +103,6 @@ impl Membership {
 /// to try again.
 fn join_error(room: &str, error: &JoinError) -> FrameError {
     let code = if error.retryable() { "unavailable" } else { "rejected" };
-    let frame = FrameError::new(code, format!("cannot join {room:?}: {error}"));
+    let frame = FrameError::new(code, format!("cannot join {room:?}: {error}")).with_room(room);
     if error.retryable() { frame.with_retry_after(std::time::Duration::from_secs(1)) } else { frame }
 }

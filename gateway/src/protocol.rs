@@ -52,17 +52,26 @@ pub struct FrameError {
     pub cid: Option<String>,
     /// When a retry may succeed (rate limits).
     pub retry_after: Option<std::time::Duration>,
+    /// The room a refused `join` named, so that the client knows which to
+    /// join again.
+    pub room: Option<String>,
 }
 
 impl FrameError {
     /// An error with this code and message.
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), cid: None, retry_after: None }
+        Self { code, message: message.into(), cid: None, retry_after: None, room: None }
     }
 
     /// The same error, answering the send with this cid.
     pub fn with_cid(mut self, cid: Option<String>) -> Self {
         self.cid = cid;
+        self
+    }
+
+    /// The same error, answering a join of `room`.
+    pub fn with_room(mut self, room: &str) -> Self {
+        self.room = Some(room.to_owned());
         self
     }
 
@@ -203,6 +212,8 @@ pub enum ServerFrame<'a> {
         cid: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
     /// What changed in a room's presence over one batch interval: users
     /// whose first socket (on any gateway) joined, and users whose last
@@ -249,8 +260,8 @@ impl FrameError {
     /// The `error` frame that answers this.
     pub fn encode(&self) -> Bytes {
         let retry_after_ms = self.retry_after.map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-        ServerFrame::Error { code: self.code, message: &self.message, cid: self.cid.as_deref(), retry_after_ms }
-            .encode()
+        let (cid, room) = (self.cid.as_deref(), self.room.as_deref());
+        ServerFrame::Error { code: self.code, message: &self.message, cid, retry_after_ms, room }.encode()
     }
 }
 

@@ -319,6 +319,7 @@ impl Handler {
                         message: &failure.message,
                         cid: Some(&cid),
                         retry_after_ms: None,
+                        room: None,
                     };
                     ("error", error.encode())
                 }

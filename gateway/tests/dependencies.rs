@@ -206,6 +206,7 @@ async fn gateway_started_without_a_bridge_answers_unavailable_and_recovers() -> 
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "unavailable", "retryable: {refused}");
     assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+    assert_eq!(refused["room"], room.as_str(), "names the room to join again: {refused}");
     let refused = send_once(&mut socket, &room, "before-bridge").await?;
     assert_eq!(refused["code"], "not_joined", "{refused}");
     assert_not_ready(gateway.admin, "bridge").await?;
