@@ -190,6 +190,7 @@ async fn forget_idle_limits(limits: Arc<Limits>, shutdown: CancellationToken) {
 async fn watch_redis(sessions: SessionStore, up: Arc<AtomicBool>, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(2));
     let mut failures = 0u32;
+    metrics::redis_up(false);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -200,6 +201,7 @@ async fn watch_redis(sessions: SessionStore, up: Arc<AtomicBool>, shutdown: Canc
             Ok(Ok(())) => {
                 if !up.swap(true, Ordering::Relaxed) {
                     tracing::info!("session store (Redis) available");
+                    metrics::redis_up(true);
                 }
                 failures = 0;
             }
@@ -216,6 +218,7 @@ fn redis_failed(up: &AtomicBool, failures: u32, reason: &str) -> u32 {
         tracing::warn!(%reason, "session store (Redis) unavailable at start-up: not ready until it answers");
     } else if failures >= 2 && up.swap(false, Ordering::Relaxed) {
         tracing::warn!(%reason, "session store (Redis) unavailable: not ready");
+        metrics::redis_up(false);
     }
     failures
 }

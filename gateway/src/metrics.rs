@@ -30,6 +30,10 @@ pub fn describe() {
     describe_counter!("warren_gateway_messages_replayed_total", "Messages sent to fill a member's gap.");
     describe_histogram!("warren_gateway_redis_seconds", Unit::Seconds, "Session store calls, by operation.");
     describe_counter!("warren_gateway_redis_errors_total", "Session store calls that failed.");
+    describe_gauge!(
+        "warren_gateway_redis_up",
+        "1 while the session store (Redis) answers the gateway's pings; 0 makes /readyz answer 503."
+    );
     describe_gauge!("warren_gateway_bridge_connected", "1 while a bridge stream is attached.");
     describe_counter!("warren_gateway_bridge_reconnects_total", "Bridge streams opened after the first.");
     describe_gauge!("warren_gateway_rooms", "Rooms with members on this gateway.");
@@ -212,4 +216,9 @@ fn zero_series() {
     for code in ["unavailable", "refused"] {
         counter!("warren_gateway_joins_refused_total", "code" => code).increment(0);
     }
+}
+
+/// The session store answers (`true`) or not, as readiness sees it.
+pub fn redis_up(up: bool) {
+    gauge!("warren_gateway_redis_up").set(if up { 1.0 } else { 0.0 });
 }
