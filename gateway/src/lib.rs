@@ -78,6 +78,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let exporter = ops::metrics::install();
     metrics::describe();
+    metrics::max_sockets(config.max_sockets);
     metrics::draining(false);
     metrics::bridge_attached(false, false);
     if config.session_secret.is_none() {

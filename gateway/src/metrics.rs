@@ -11,6 +11,7 @@ use crate::mailbox::{CloseReason, close};
 /// Describes every metric, so that `/metrics` carries help text and units.
 pub fn describe() {
     describe_gauge!("warren_gateway_sockets_open", "WebSockets open now.");
+    describe_gauge!("warren_gateway_max_sockets", "The most WebSockets this gateway holds (--max-sockets).");
     describe_counter!("warren_gateway_sockets_accepted_total", "WebSockets accepted.");
     describe_counter!("warren_gateway_sockets_closed_total", "WebSockets closed, by reason and close code.");
     describe_counter!("warren_gateway_handshakes_refused_total", "WebSocket upgrades refused, by reason.");
@@ -221,4 +222,10 @@ fn zero_series() {
 /// The session store answers (`true`) or not, as readiness sees it.
 pub fn redis_up(up: bool) {
     gauge!("warren_gateway_redis_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// The gateway's socket capacity, for alerts on how close it is.
+pub fn max_sockets(max: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    gauge!("warren_gateway_max_sockets").set(max as f64);
 }
