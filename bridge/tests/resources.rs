@@ -82,7 +82,9 @@ async fn a_partition_the_broker_will_not_serve_is_reported_and_the_rest_works() 
     // The partitions without a reader, once every one with a reader has
     // caught up and the set holds still for a second.
     let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let unread = loop {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the partitions never settled: {last:?}");
         tokio::time::sleep(Duration::from_secs(1)).await;
         let metrics = String::from_utf8_lossy(&admin.get("/metrics").await?.body).into_owned();
         let (unread, caught_up) =
