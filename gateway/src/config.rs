@@ -95,12 +95,26 @@ pub struct Config {
     pub user_send_rate: u32,
 
     /// WebSocket handshakes per second one source address may make (burst:
-    /// twice this). Over it: 429.
-    #[arg(long, env = "GATEWAY_HANDSHAKE_RATE", default_value_t = 20)]
+    /// twice this). Over it: 429 with `Retry-After`. High enough for a
+    /// crowd behind one NAT (3,000 sockets within 5 s); the node-wide
+    /// admission below bounds the total.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_RATE", default_value_t = 500)]
     pub handshake_rate: u32,
 
-    /// Take the source address from the last `X-Forwarded-For` hop (set
-    /// behind a balancer that adds it, such as the bundled HAProxy).
+    /// WebSocket handshakes this gateway works on at once (session lookup
+    /// included). Over it: 503 with `Retry-After: 1`, which clients retry.
+    #[arg(long, env = "GATEWAY_MAX_HANDSHAKES_IN_FLIGHT", default_value_t = 1000)]
+    pub max_handshakes_in_flight: usize,
+
+    /// Peers trusted to set `X-Forwarded-For`, as CIDRs (comma-separated,
+    /// e.g. `127.0.0.0/8,10.0.0.0/8`): for a request from one of them, the
+    /// client is the rightmost `X-Forwarded-For` hop that is not itself
+    /// trusted. Other peers are the client themselves.
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Trust the last `X-Forwarded-For` hop from any peer (older form of
+    /// `--trusted-proxies`; prefer that).
     #[arg(long, env = "GATEWAY_TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
 
@@ -191,7 +205,11 @@ impl Config {
             return Err("--max-message-bytes: at least 1024".to_owned());
         }
         let rates = [self.send_rate, self.user_send_rate, self.handshake_rate, self.max_sockets_per_user];
-        if rates.contains(&0) || self.max_rooms_per_socket == 0 || self.max_sockets == 0 {
+        if rates.contains(&0)
+            || self.max_rooms_per_socket == 0
+            || self.max_sockets == 0
+            || self.max_handshakes_in_flight == 0
+        {
             return Err("limits must be at least 1".to_owned());
         }
         if self.ping_interval < Duration::from_millis(100) || self.idle_timeout <= self.ping_interval {

@@ -32,6 +32,9 @@ pub enum HttpError {
     /// A limit on sockets is reached; try again later or elsewhere.
     #[error("{0}")]
     Overloaded(&'static str),
+    /// The gateway works on as many handshakes as it may: retry shortly.
+    #[error("the gateway is busy with other connections; retry")]
+    Busy,
     /// Too many requests from one source; retry after the duration.
     #[error("too many handshakes from this address; retry later")]
     TooManyRequests(std::time::Duration),
@@ -46,8 +49,17 @@ impl HttpError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// When the client may try again, for the `Retry-After` header.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::TooManyRequests(wait) => Some(*wait),
+            Self::Busy => Some(std::time::Duration::from_secs(1)),
+            _ => None,
         }
     }
 }

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 
@@ -34,8 +35,10 @@ pub struct Limits {
     pub max_sockets: usize,
     /// Bytes queued per socket.
     pub max_queue_bytes: usize,
-    /// Whether to trust `X-Forwarded-For` for the source address.
-    pub trust_forwarded_for: bool,
+    /// Who may say who the client is (`X-Forwarded-For`).
+    pub proxies: TrustedProxies,
+    /// Handshakes being worked on now (node-wide admission).
+    handshakes_in_flight: Arc<Semaphore>,
     max_sockets_per_user: u32,
     send_quota: Quota,
     user_sends: DefaultKeyedRateLimiter<String>,
@@ -45,6 +48,44 @@ pub struct Limits {
     /// The one clock every limiter reads: making a clock is not free (it
     /// calibrates), and a limiter per socket must stay cheap.
     clock: DefaultClock,
+}
+
+/// The peers trusted to name the client in `X-Forwarded-For`.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    /// Their networks.
+    pub nets: Vec<ipnet::IpNet>,
+    /// Trust the last hop from any peer (`--trust-forwarded-for`).
+    pub any: bool,
+}
+
+impl TrustedProxies {
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.nets.iter().any(|net| net.contains(&address))
+    }
+
+    /// The client's address: the peer itself unless it is a trusted proxy;
+    /// behind trusted proxies, the rightmost `X-Forwarded-For` hop that is
+    /// not one (hops further left could be made up by the client).
+    pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let hops =
+            || forwarded_for.into_iter().flat_map(|value| value.rsplit(',')).map(|hop| hop.trim().parse::<IpAddr>());
+        if self.any {
+            return hops().next().and_then(Result::ok).unwrap_or(peer);
+        }
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for hop in hops() {
+            let Ok(hop) = hop else { break };
+            client = hop;
+            if !self.trusts(hop) {
+                break;
+            }
+        }
+        client
+    }
 }
 
 /// Why a send or a handshake has to wait.
@@ -69,7 +110,8 @@ impl Limits {
             max_message_bytes: config.max_message_bytes,
             max_sockets: config.max_sockets,
             max_queue_bytes: config.max_queue_bytes,
-            trust_forwarded_for: config.trust_forwarded_for,
+            proxies: TrustedProxies { nets: config.trusted_proxies.clone(), any: config.trust_forwarded_for },
+            handshakes_in_flight: Arc::new(Semaphore::new(config.max_handshakes_in_flight)),
             max_sockets_per_user: config.max_sockets_per_user,
             send_quota: per_second(config.send_rate),
             user_sends: keyed(config.user_send_rate, &clock),
@@ -111,6 +153,12 @@ impl Limits {
     /// How long to wait when the user is over its rate.
     pub fn member_list(&self, user: &str) -> Result<(), RetryAfter> {
         self.member_lists.check_key(&user.to_owned()).map_err(|n| self.retry_after(&n))
+    }
+
+    /// A place among the handshakes in flight, held until the handshake is
+    /// answered; `None` when the gateway is working on as many as it may.
+    pub fn admit_handshake(&self) -> Option<OwnedSemaphorePermit> {
+        self.handshakes_in_flight.clone().try_acquire_owned().ok()
     }
 
     /// Takes one handshake from the source address's bucket.
@@ -168,6 +216,24 @@ mod tests {
     }
 
     #[test]
+    fn handshakes_in_flight_are_admitted_up_to_the_limit() {
+        let limits = limits(&["--max-handshakes-in-flight", "2"]);
+        let (first, second) = (limits.admit_handshake(), limits.admit_handshake());
+        assert!(first.is_some() && second.is_some());
+        assert!(limits.admit_handshake().is_none(), "a third waits");
+        drop(first);
+        assert!(limits.admit_handshake().is_some(), "a finished handshake frees its place");
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_the_command_line() {
+        let limits = limits(&["--trusted-proxies", "127.0.0.0/8,fc00::/7"]);
+        assert_eq!(limits.proxies.nets.len(), 2);
+        let mut all = vec!["warren-gateway", "--trusted-proxies", "not-a-cidr"];
+        assert!(Config::try_parse_from(all.drain(..)).is_err(), "a bad range is refused");
+    }
+
+    #[test]
     fn sends_get_a_burst_of_twice_the_rate_then_a_wait() {
         let limits = limits(&["--send-rate", "5"]);
         let socket = limits.socket_sends();
@@ -204,5 +270,24 @@ mod tests {
         limits.close_socket("a");
         assert!(limits.open_socket("a"));
         assert!(limits.open_socket("b"));
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_hop_behind_trusted_proxies() {
+        let net = |cidr: &str| cidr.parse::<ipnet::IpNet>().expect("cidr");
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        let proxies = TrustedProxies { nets: vec![net("127.0.0.0/8"), net("10.0.0.0/8")], any: false };
+        // A client straight in: itself, whatever it claims.
+        assert_eq!(proxies.client(ip("203.0.113.9"), Some("1.2.3.4")), ip("203.0.113.9"));
+        // Behind the balancer: the hop it added.
+        assert_eq!(proxies.client(ip("127.0.0.1"), Some("198.51.100.7")), ip("198.51.100.7"));
+        // Behind two trusted hops; the leftmost entry is the client's own claim.
+        assert_eq!(proxies.client(ip("127.0.0.1"), Some("6.6.6.6, 198.51.100.7, 10.1.2.3")), ip("198.51.100.7"));
+        // A trusted peer without the header, or with garbage, is the client.
+        assert_eq!(proxies.client(ip("127.0.0.1"), None), ip("127.0.0.1"));
+        assert_eq!(proxies.client(ip("127.0.0.1"), Some("not-an-ip")), ip("127.0.0.1"));
+        let any = TrustedProxies { nets: Vec::new(), any: true };
+        assert_eq!(any.client(ip("203.0.113.9"), Some("6.6.6.6, 198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(TrustedProxies::default().client(ip("127.0.0.1"), Some("1.2.3.4")), ip("127.0.0.1"));
     }
 }

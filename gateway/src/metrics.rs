@@ -200,7 +200,7 @@ fn zero_series() {
             .increment(0);
     }
     let refusals = ["rate_limited", "origin", "no_session", "bad_signature", "unknown_session", "store_unavailable"];
-    for reason in refusals.into_iter().chain(["gateway_full", "user_sockets"]) {
+    for reason in refusals.into_iter().chain(["gateway_full", "user_sockets", "busy"]) {
         counter!("warren_gateway_handshakes_refused_total", "reason" => reason).increment(0);
     }
     for op in ["get", "set", "expire", "exists", "del", "logout"] {

@@ -190,6 +190,12 @@ impl App {
             return Err(HttpError::BadRequest("expected a WebSocket upgrade".to_owned()));
         }
         let limits = &self.shared.limits;
+        // Node-wide admission first: a crowd waits its turn (503, retried),
+        // whatever addresses it comes from.
+        let Some(_admitted) = limits.admit_handshake() else {
+            metrics::handshake_refused("busy");
+            return Err(HttpError::Busy);
+        };
         if let Err(RetryAfter(wait)) = limits.handshake(self.source_of(request.headers(), peer)) {
             metrics::handshake_refused("rate_limited");
             return Err(HttpError::TooManyRequests(wait));
@@ -221,14 +227,11 @@ impl App {
         Ok(Response::from_parts(parts, Full::default()))
     }
 
-    /// The client's address: the peer, or the last `X-Forwarded-For` hop
-    /// when the balancer in front is trusted to set it.
+    /// The client's address: the peer, or what trusted proxies in front
+    /// say in `X-Forwarded-For` (see [`crate::limits::TrustedProxies`]).
     fn source_of(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-        let forwarded = || {
-            let value = headers.get("x-forwarded-for")?.to_str().ok()?;
-            value.rsplit(',').next()?.trim().parse().ok()
-        };
-        if self.shared.limits.trust_forwarded_for { forwarded().unwrap_or(peer.ip()) } else { peer.ip() }
+        let forwarded_for = headers.get("x-forwarded-for").and_then(|value| value.to_str().ok());
+        self.shared.limits.proxies.client(peer.ip(), forwarded_for)
     }
 
     /// Whether a form post comes from another site (login CSRF, forced
@@ -313,7 +316,7 @@ fn error_reply(path: &str, error: &HttpError) -> Reply {
     let status = error.status();
     if path == "/session" || path == "/ws" {
         let mut reply = json(status, &serde_json::json!({ "error": error.to_string() }));
-        if let HttpError::TooManyRequests(wait) = error {
+        if let Some(wait) = error.retry_after() {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             reply.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
