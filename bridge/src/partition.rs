@@ -279,11 +279,15 @@ impl Partition {
             Entry::Other => return,
         };
         let room = stored.message.room.clone();
-        let rooms = state.rooms.len();
-        let appended = state.rooms.entry(room.clone()).or_default().append(stored.message);
-        if state.rooms.len() > rooms {
+        // The key is allocated only for a room new to the index, not for
+        // every message.
+        let appended = if let Some(log) = state.rooms.get_mut(&room) {
+            log.append(stored.message)
+        } else {
+            let appended = state.rooms.entry(room.clone()).or_default().append(stored.message);
             metrics::indexed_rooms(self.number, state.rooms.len());
-        }
+            appended
+        };
         let id = match &appended {
             Appended::New(message) => message.id,
             Appended::Repeat(first) => *first,
