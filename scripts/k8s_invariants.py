@@ -549,6 +549,12 @@ def ingress_hashes_on_jsessionid_and_never_owns_it():
         assert int(ann[f"nginx.ingress.kubernetes.io/{key}"]) >= 3600, f"{key} too short for WebSockets"
     backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": f"{RELEASE}-gateway", "port": {"name": "http"}}, backend
+    # A renamed session cookie (Cloud Foundry's JSESSIONID) is what the gateways set and the Ingress hashes on.
+    renamed = render("--set", "ingress.enabled=true,gateway.config.sessionCookieName=JSESSIONID")
+    assert one(renamed, "Ingress")["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"] == "$cookie_JSESSIONID"
+    assert one(renamed, "ConfigMap", "gateway")["data"]["GATEWAY_SESSION_COOKIE_NAME"] == "JSESSIONID"
+    fails("--set", "ingress.enabled=true,ingress.affinity=cookie,ingress.affinityCookieName=jsessionid,"
+          "gateway.config.sessionCookieName=JSESSIONID", expect="must not be \"jsessionid\"")
 
 
 @test
@@ -732,6 +738,12 @@ def secrets_come_from_values_or_existing_secrets():
     dev = {k: base64.b64decode(v).decode() for k, v in one(rendered("dev"), "Secret")["data"].items()}
     assert dev["redis-url"] == f"redis://{RELEASE}-redis:6379", dev
     assert dev["amqp-url"] == f"amqp://warren:warren-dev@{RELEASE}-rabbitmq:5672/%2f", dev
+    # The server API: off unless its token comes from an existing Secret.
+    names = [e["name"] for e in container(one(rendered("default"), "Deployment", "gateway"))["env"]]
+    assert "GATEWAY_API_TOKEN" not in names, "the API is off by default"
+    api = container(one(render("--set", "gateway.api.existingSecret=warren-api"), "Deployment", "gateway"))["env"]
+    token = next(e["valueFrom"]["secretKeyRef"] for e in api if e["name"] == "GATEWAY_API_TOKEN")
+    assert token == {"name": "warren-api", "key": "api-token"}, token
 
 
 @test
@@ -791,13 +803,27 @@ def service_monitor_is_opt_in_and_scrapes_admin_ports():
     sm = one(rendered("ha"), "ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["port"] == "admin" and sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     ha = rendered("ha")
-    admin_services = [s["metadata"]["name"] for s in all_of(ha, "Service") if any(p["name"] == "admin" for p in s["spec"]["ports"])]
-    assert sorted(admin_services) == [f"{RELEASE}-bridge-admin", f"{RELEASE}-gateway-admin"], admin_services
-    # Endpoints drop a terminating pod unless the Service publishes
-    # not-ready addresses: without it, a drain is never scraped.
+    # The Services the ServiceMonitor scrapes, as prometheus-operator picks
+    # them: namespace, label selector, then a port of the endpoint's name.
+    sel, port = sm["spec"]["selector"], sm["spec"]["endpoints"][0]["port"]
+    def selected(svc: dict) -> bool:
+        labels = svc["metadata"].get("labels", {})
+        return svc["metadata"].get("namespace") in sm["spec"]["namespaceSelector"]["matchNames"] \
+            and all(labels.get(k) == v for k, v in sel.get("matchLabels", {}).items()) \
+            and all(e["operator"] == "In" and labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", [])) \
+            and any(p["name"] == port for p in svc["spec"]["ports"])
+    scraped = sorted(s["metadata"]["name"] for s in all_of(ha, "Service") if selected(s))
+    assert scraped == [f"{RELEASE}-bridge-admin", f"{RELEASE}-gateway-admin"], f"the ServiceMonitor scrapes {scraped}"
+    # Endpoints drop a not-ready or terminating pod unless the Service
+    # publishes not-ready addresses: without it, a drain (readyz 503 from
+    # SIGTERM on) is never scraped (scripts/observability-check shows it is).
     for service in all_of(ha, "Service"):
-        is_admin = any(p["name"] == "admin" for p in service["spec"]["ports"])
-        assert service["spec"].get("publishNotReadyAddresses", False) == is_admin, service["metadata"]["name"]
+        name = service["metadata"]["name"]
+        publishes = service["spec"].get("publishNotReadyAddresses", False)
+        if name in scraped:
+            assert publishes is True, f"{name}: scraped by the ServiceMonitor without publishNotReadyAddresses: true"
+        else:
+            assert not publishes, f"{name}: serves users, must not list not-ready pods"
 
 
 def datasource_refs(node):

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ops::telemetry::LogFormat;
 
 /// `warren-bridge`: publishes chat messages to RabbitMQ streams and streams
@@ -23,7 +23,10 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_INSTANCE", default_value = "bridge")]
     pub instance: String,
 
-    /// RabbitMQ URL. Holds the broker password: pass it by environment in production.
+    /// RabbitMQ URL. Holds the broker password: pass it by environment in
+    /// production. Neither flag nor variable given: the RabbitMQ service
+    /// bound in Cloud Foundry's `VCAP_SERVICES`, if any, else this default
+    /// (see [`Config::try_parse_with_platform`]).
     #[arg(
         long,
         env = "BRIDGE_AMQP_URL",
@@ -31,6 +34,11 @@ pub struct Config {
         hide_env_values = true
     )]
     pub amqp_url: String,
+
+    /// The bound service `amqp_url` was taken from (logged at start-up: its
+    /// name and host, never the URL).
+    #[arg(skip)]
+    pub amqp_service: Option<platform::Service>,
 
     /// How long a partition keeps its history, and so every room in it
     /// (RabbitMQ `x-max-age`, e.g. `7D`, `12h`, `30m`).
@@ -66,6 +74,43 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Config {
+    /// Parses `args` and the environment like [`Parser::try_parse_from`];
+    /// then, when neither `--amqp-url` nor `BRIDGE_AMQP_URL` was given,
+    /// takes the RabbitMQ bound in `vcap_services` (Cloud Foundry's
+    /// `VCAP_SERVICES`), if there is one.
+    ///
+    /// # Errors
+    /// clap's error for a bad command line, for a `VCAP_SERVICES` whose
+    /// RabbitMQ cannot be used (several bound, no AMQP URI), or for an
+    /// `amqps://` URL, which this build cannot honour.
+    pub fn try_parse_with_platform<I, T>(args: I, vcap_services: Option<&str>) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        let defaulted = matches.value_source("amqp_url") == Some(clap::parser::ValueSource::DefaultValue);
+        if let (true, Some(document)) = (defaulted, vcap_services.filter(|d| !d.trim().is_empty())) {
+            let found = platform::rabbitmq(document)
+                .map_err(|error| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")))?;
+            if let Some(binding) = found {
+                config.amqp_url = binding.url().to_owned();
+                config.amqp_service = Some(binding.service().clone());
+            }
+        }
+        // lapin as built here has no TLS: it would speak plain AMQP to an
+        // amqps:// address, credentials included.
+        if config.amqp_url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqps://")) {
+            let reason = "--amqp-url: amqps:// needs TLS support, which this build of warren-bridge lacks \
+                          (docs/cloudfoundry.md#tls)\n";
+            return Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, reason));
+        }
+        Ok(config)
+    }
+}
+
 /// RabbitMQ's `x-max-age` syntax: a number and one of Y, M, D, h, m, s.
 fn parse_max_age(value: &str) -> Result<String, String> {
     let (number, unit) = value.split_at(value.len().saturating_sub(1));
@@ -93,5 +138,26 @@ mod tests {
         assert!(Config::try_parse_from(["warren-bridge", "--stream-max-age", "12h"]).is_ok());
         assert!(Config::try_parse_from(["warren-bridge", "--stream-max-age", "7days"]).is_err());
         assert!(Config::try_parse_from(["warren-bridge", "--stream-max-age", "D"]).is_err());
+    }
+
+    #[test]
+    fn a_bound_rabbitmq_is_used_when_no_url_is_given() {
+        let vcap = r#"{"cloudamqp": [{"name": "broker", "label": "cloudamqp",
+            "credentials": {"uri": "amqp://user:pw@lemur.cloudamqp.com/user"}}]}"#;
+        let config = Config::try_parse_with_platform(["warren-bridge"], Some(vcap)).expect("parses");
+        assert_eq!(config.amqp_url, "amqp://user:pw@lemur.cloudamqp.com/user");
+        assert_eq!(config.amqp_service.map(|s| s.host).as_deref(), Some("lemur.cloudamqp.com"));
+
+        let given = ["warren-bridge", "--amqp-url", "amqp://guest:guest@elsewhere:5672/%2f"];
+        let explicit = Config::try_parse_with_platform(given, Some(vcap)).expect("parses");
+        assert_eq!(explicit.amqp_url, "amqp://guest:guest@elsewhere:5672/%2f", "a flag wins over VCAP_SERVICES");
+        assert!(explicit.amqp_service.is_none());
+
+        let none = Config::try_parse_with_platform(["warren-bridge"], Some("{}")).expect("parses");
+        assert_eq!(none.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert!(Config::try_parse_with_platform(["warren-bridge"], Some("[")).is_err(), "a malformed document");
+        let tls = r#"{"cloudamqp": [{"name": "broker", "credentials": {"uri": "amqps://u:p@h/v"}}]}"#;
+        let refused = Config::try_parse_with_platform(["warren-bridge"], Some(tls)).expect_err("no TLS here");
+        assert!(refused.to_string().contains("amqps:// needs TLS support"), "{refused}");
     }
 }

@@ -1,6 +1,6 @@
 //! `warren-bridge`: parse the command line, bind, run until a signal.
 
-use clap::Parser;
+use bridge::config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -10,7 +10,8 @@ const EX_USAGE: i32 = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = match bridge::config::Config::try_parse() {
+    let vcap_services = std::env::var(platform::VCAP_SERVICES).ok();
+    let config = match Config::try_parse_with_platform(std::env::args_os(), vcap_services.as_deref()) {
         Ok(config) => config,
         Err(error) if error.use_stderr() => {
             let _ = error.print();
@@ -19,6 +20,9 @@ async fn main() -> anyhow::Result<()> {
         Err(error) => error.exit(),
     };
     let telemetry = ops::telemetry::init(config.log_format, "warren-bridge");
+    if let Some(service) = &config.amqp_service {
+        tracing::info!(%service, "RabbitMQ from VCAP_SERVICES");
+    }
     let listener = TcpListener::bind(config.listen).await?;
     let admin = TcpListener::bind(config.admin_listen).await?;
 

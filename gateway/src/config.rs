@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ops::telemetry::LogFormat;
 
 /// The secret used when none is configured. Anyone who knows it can forge
@@ -33,9 +33,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_INSTANCE")]
     pub instance: Option<String>,
 
-    /// Redis URL for sessions.
+    /// Redis URL for sessions. Neither flag nor variable given: the Redis
+    /// service bound in Cloud Foundry's `VCAP_SERVICES`, if any, else this
+    /// default (see [`Config::try_parse_with_platform`]).
     #[arg(long, env = "GATEWAY_REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+
+    /// The bound service `redis_url` was taken from (logged at start-up:
+    /// its name and host, never the URL).
+    #[arg(skip)]
+    pub redis_service: Option<platform::Service>,
 
     /// Bridges to attach to, comma-separated; the gateway uses one at a time
     /// and moves to the next when it fails.
@@ -46,6 +53,12 @@ pub struct Config {
     /// same sessions). Without it a development secret is used, with a warning.
     #[arg(long, env = "GATEWAY_SESSION_SECRET", hide_env_values = true)]
     pub session_secret: Option<String>,
+
+    /// Name of the session cookie, which balancers key their affinity on.
+    /// Cookie names are case-sensitive: Cloud Foundry's router keys on
+    /// `JSESSIONID` (docs/cloudfoundry.md).
+    #[arg(long, env = "GATEWAY_SESSION_COOKIE_NAME", default_value = crate::session::DEFAULT_COOKIE_NAME)]
+    pub session_cookie_name: String,
 
     /// How long a session lives without a page load or `/session` call.
     #[arg(long, env = "GATEWAY_SESSION_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -167,6 +180,17 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JOINED_MEMBERS_MAX", default_value_t = 100)]
     pub joined_members_max: usize,
 
+    /// The server API's bearer token (`/api/v1`, for backends); the API is
+    /// off without a token. Prefer `--api-token-file`, which keeps it out
+    /// of the process's environment.
+    #[arg(long, env = "GATEWAY_API_TOKEN", hide_env_values = true, conflicts_with = "api_token_file")]
+    pub api_token: Option<String>,
+
+    /// A file holding the server API's bearer token (e.g. a mounted
+    /// Secret); surrounding whitespace is ignored.
+    #[arg(long, env = "GATEWAY_API_TOKEN_FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -182,9 +206,53 @@ impl Config {
             .unwrap_or_else(|| "gateway".to_owned())
     }
 
+    /// Parses `args` and the environment like [`Parser::try_parse_from`];
+    /// then, when neither `--redis-url` nor `GATEWAY_REDIS_URL` was given,
+    /// takes the Redis bound in `vcap_services` (Cloud Foundry's
+    /// `VCAP_SERVICES`), if there is one.
+    ///
+    /// # Errors
+    /// clap's error for a bad command line, or for a `VCAP_SERVICES` whose
+    /// Redis cannot be used (several bound, no address).
+    pub fn try_parse_with_platform<I, T>(args: I, vcap_services: Option<&str>) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        let defaulted = matches.value_source("redis_url") == Some(clap::parser::ValueSource::DefaultValue);
+        if let (true, Some(document)) = (defaulted, vcap_services.filter(|d| !d.trim().is_empty())) {
+            let found = platform::redis(document)
+                .map_err(|error| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")))?;
+            if let Some(binding) = found {
+                config.redis_url = binding.url().to_owned();
+                config.redis_service = Some(binding.service().clone());
+            }
+        }
+        Ok(config)
+    }
+
     /// The configured secret, or the development one.
     pub fn secret(&self) -> &str {
         self.session_secret.as_deref().unwrap_or(DEV_SESSION_SECRET)
+    }
+
+    /// The server API's token: from `--api-token-file` or `--api-token`;
+    /// `None` when the API is off.
+    ///
+    /// # Errors
+    /// When the file cannot be read, or the token is shorter than
+    /// [`crate::api::MIN_TOKEN_CHARS`] (a guessable token would open every
+    /// room to anyone).
+    pub fn api_token(&self) -> Result<Option<crate::api::ApiToken>, String> {
+        let token = match (&self.api_token, &self.api_token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|error| format!("--api-token-file {}: {error}", path.display()))?,
+            (None, None) => return Ok(None),
+        };
+        crate::api::ApiToken::new(token.trim()).map(Some)
     }
 
     /// Checks what clap cannot.
@@ -197,6 +265,15 @@ impl Config {
         }
         if self.session_secret.as_deref().is_some_and(str::is_empty) {
             return Err("--session-secret: must not be empty".to_owned());
+        }
+        if !crate::session::is_cookie_name(&self.session_cookie_name) {
+            return Err("--session-cookie-name: letters, digits and !#$%&'*+-.^_`|~ only".to_owned());
+        }
+        let prefixed = ["__Secure-", "__Host-"].iter().any(|p| self.session_cookie_name.starts_with(p));
+        if prefixed && !self.cookie_secure {
+            return Err(
+                "--session-cookie-name: browsers drop __Secure- and __Host- cookies without --cookie-secure".to_owned()
+            );
         }
         if self.session_max_age < Duration::from_secs(60) {
             return Err("--session-max-age: at least 1m".to_owned());
@@ -221,6 +298,7 @@ impl Config {
         if self.presence_batch < Duration::from_millis(10) || self.presence_batch > Duration::from_secs(60) {
             return Err("--presence-batch: between 10ms and 60s".to_owned());
         }
+        self.api_token()?;
         if self.presence_ttl < self.presence_heartbeat * 2 {
             return Err(
                 "--presence-ttl: at least twice --presence-heartbeat, so one late beat is not a death".to_owned()
@@ -270,5 +348,45 @@ mod tests {
         assert!(ttl.validate().is_err(), "a TTL under two heartbeats");
         let batch = Config::try_parse_from(["warren-gateway", "--presence-batch", "0s"]).expect("parses");
         assert!(batch.validate().is_err(), "a batch interval of zero would spin");
+    }
+
+    const ONE_REDIS: &str = r#"{"p.redis": [{"name": "sessions", "label": "p.redis", "tags": ["redis"],
+        "credentials": {"host": "10.0.8.4", "port": 6379, "password": "pw"}}]}"#;
+
+    #[test]
+    fn a_bound_redis_is_used_when_no_url_is_given() {
+        let config = Config::try_parse_with_platform(["warren-gateway"], Some(ONE_REDIS)).expect("parses");
+        assert_eq!(config.redis_url, "redis://:pw@10.0.8.4:6379");
+        assert_eq!(config.redis_service.map(|s| s.name).as_deref(), Some("sessions"));
+
+        let given = ["warren-gateway", "--redis-url", "redis://elsewhere:6379"];
+        let explicit = Config::try_parse_with_platform(given, Some(ONE_REDIS)).expect("parses");
+        assert_eq!(explicit.redis_url, "redis://elsewhere:6379", "a flag wins over VCAP_SERVICES");
+        assert!(explicit.redis_service.is_none());
+
+        for nothing in [None, Some(""), Some("{}")] {
+            let config = Config::try_parse_with_platform(["warren-gateway"], nothing).expect("parses");
+            assert_eq!(config.redis_url, "redis://127.0.0.1:6379");
+        }
+        let two = r#"{"p.redis": [{"name": "a", "tags": ["redis"]}, {"name": "b", "tags": ["redis"]}]}"#;
+        assert!(Config::try_parse_with_platform(["warren-gateway"], Some(two)).is_err());
+    }
+
+    #[test]
+    fn session_cookie_names_are_tokens() {
+        let config = Config::try_parse_from(["warren-gateway"]).expect("parses");
+        assert_eq!(config.session_cookie_name, "jsessionid");
+        for good in ["JSESSIONID", "connect.sid"] {
+            let config = Config::try_parse_from(["warren-gateway", "--session-cookie-name", good]).expect("parses");
+            assert!(config.validate().is_ok(), "{good}");
+        }
+        let host = ["warren-gateway", "--session-cookie-name", "__Host-sid"];
+        assert!(Config::try_parse_from(host).expect("parses").validate().is_err(), "needs Secure");
+        let secure = Config::try_parse_from([&host[..], &["--cookie-secure"]].concat()).expect("parses");
+        assert!(secure.validate().is_ok());
+        for bad in ["", "two words", "a;b", "a=b", "ünï"] {
+            let config = Config::try_parse_from(["warren-gateway", "--session-cookie-name", bad]).expect("parses");
+            assert!(config.validate().is_err(), "{bad:?}");
+        }
     }
 }

@@ -27,35 +27,53 @@ const MAX_JITTER: Duration = Duration::from_secs(1);
 /// How long after its notice a socket may stay before the gateway closes it.
 const NOTICE_GRACE: Duration = Duration::from_secs(2);
 
-/// Every open socket of this gateway, with the login it was opened under,
-/// so that a drain, a logout or an expired session can reach them.
+/// Every open socket of this gateway, with the login it was opened under
+/// and its user, so that a drain, a logout, an expired session or a
+/// disconnect by the server API can reach them.
 #[derive(Debug, Default)]
 pub struct Sockets {
-    open: Mutex<HashMap<SocketId, (Mailbox, LoginId)>>,
+    open: Mutex<HashMap<SocketId, Open>>,
+}
+
+/// One open socket, as the registry knows it.
+#[derive(Debug)]
+struct Open {
+    mailbox: Mailbox,
+    login: LoginId,
+    user: Box<str>,
 }
 
 impl Sockets {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketId, (Mailbox, LoginId)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketId, Open>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds an open socket.
-    pub fn insert(&self, id: SocketId, mailbox: Mailbox, login: LoginId) {
-        self.lock().insert(id, (mailbox, login));
+    pub fn insert(&self, id: SocketId, mailbox: Mailbox, login: LoginId, user: &str) {
+        self.lock().insert(id, Open { mailbox, login, user: user.into() });
     }
 
     /// The logins that have sockets here, each once.
     pub fn logins(&self) -> Vec<LoginId> {
-        let logins: HashSet<LoginId> = self.lock().values().map(|(_, login)| login.clone()).collect();
+        let logins: HashSet<LoginId> = self.lock().values().map(|open| open.login.clone()).collect();
         logins.into_iter().collect()
     }
 
     /// Closes every socket opened under `login`; returns how many.
     pub fn close_login(&self, login: &LoginId, reason: CloseReason) -> usize {
+        self.close_where(|open| open.login == *login, reason)
+    }
+
+    /// Closes every socket of `user`; returns how many.
+    pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
+        self.close_where(|open| &*open.user == user, reason)
+    }
+
+    fn close_where(&self, matches: impl Fn(&Open) -> bool, reason: CloseReason) -> usize {
         let open = self.lock();
         let mut closed = 0;
-        for (mailbox, _) in open.values().filter(|(_, owner)| owner == login) {
-            mailbox.close(reason);
+        for socket in open.values().filter(|socket| matches(socket)) {
+            socket.mailbox.close(reason);
             closed += 1;
         }
         closed
@@ -78,7 +96,7 @@ impl Sockets {
 
     /// Every open socket's mailbox, at this moment.
     pub fn snapshot(&self) -> Vec<Mailbox> {
-        self.lock().values().map(|(mailbox, _)| mailbox.clone()).collect()
+        self.lock().values().map(|open| open.mailbox.clone()).collect()
     }
 
     /// Tells every socket to reconnect, in batches spread over `window`, and
@@ -111,10 +129,10 @@ fn notify(mailbox: &Mailbox, jitter_cap: Duration) {
     let cap = u64::try_from(jitter_cap.as_millis()).unwrap_or(1000);
     let after_ms = rand::rng().random_range(0..=cap);
     let notice = ServerFrame::Reconnect { after_ms }.encode();
-    if !mailbox.offer(notice) {
-        mailbox.close(CloseReason::RESTART);
+    if !mailbox.offer_or_close(notice, CloseReason::RESTART) {
         return;
     }
+    crate::metrics::frame_out("reconnect");
     let mailbox = mailbox.clone();
     let deadline = Duration::from_millis(after_ms) + NOTICE_GRACE;
     tokio::spawn(async move {
@@ -130,7 +148,7 @@ mod tests {
 
     fn socket(sockets: &Sockets, id: SocketId) -> Mailbox {
         let mailbox = Mailbox::new(8, 1024);
-        sockets.insert(id, mailbox.clone(), LoginId::from_announcement(format!("login-{id}")));
+        sockets.insert(id, mailbox.clone(), LoginId::from_announcement(format!("login-{id}")), "user");
         mailbox
     }
 
@@ -164,5 +182,27 @@ mod tests {
         for closer in &closers {
             assert_eq!(closer.closed().await, CloseReason::RESTART);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_too_full_for_its_notice_is_closed_as_restarting_not_slow() {
+        let sockets = Sockets::default();
+        let full = socket(&sockets, 1);
+        for _ in 0..8 {
+            assert!(full.offer(bytes::Bytes::from_static(b"{}")), "room for 8 frames");
+        }
+        notify(&full, Duration::from_millis(100));
+        assert_eq!(full.closed().await, CloseReason::RESTART);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_disconnect_closes_only_that_users_sockets() {
+        let sockets = Sockets::default();
+        let (ann, bob) = (Mailbox::new(8, 1024), Mailbox::new(8, 1024));
+        sockets.insert(1, ann.clone(), LoginId::from_announcement("l1".into()), "ann");
+        sockets.insert(2, bob.clone(), LoginId::from_announcement("l2".into()), "bob");
+        assert_eq!(sockets.close_user("ann", CloseReason::DISCONNECTED), 1);
+        assert_eq!(ann.closed().await, CloseReason::DISCONNECTED);
+        assert!(!bob.is_closing(), "another user's socket stays");
     }
 }

@@ -86,4 +86,7 @@ pub enum RunError {
     /// The presence client could not be built from the Redis URL.
     #[error("redis (presence): {0}")]
     Presence(#[from] redis::RedisError),
+    /// A setting is unusable (checked again at start-up).
+    #[error("{0}")]
+    Config(String),
 }

@@ -46,8 +46,8 @@ mod tests {
     async fn pings_the_live_and_closes_the_silent() {
         let sockets = Arc::new(Sockets::default());
         let (live, silent) = (Mailbox::new(8, 1024), Mailbox::new(8, 1024));
-        sockets.insert(1, live.clone(), LoginId::from_announcement("a".into()));
-        sockets.insert(2, silent.clone(), LoginId::from_announcement("b".into()));
+        sockets.insert(1, live.clone(), LoginId::from_announcement("a".into()), "a");
+        sockets.insert(2, silent.clone(), LoginId::from_announcement("b".into()), "b");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(sockets, Duration::from_secs(1), Duration::from_millis(2500), shutdown.clone()));
         for _ in 0..3 {

@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: the command line.
 //! - [`server`]: the public port: HTTP routes and the WebSocket upgrade.
+//! - [`api`]: the server API for backends: post, history, presence, disconnect.
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
@@ -24,6 +25,7 @@
 //! - [`error`]: HTTP errors and their statuses.
 //! - [`metrics`]: the Prometheus metrics, named in one place.
 
+pub mod api;
 pub mod config;
 pub mod drain;
 pub mod error;
@@ -89,7 +91,8 @@ pub async fn run(
     }
     let pool =
         deadpool_redis::Config::from_url(&config.redis_url).create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-    let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure);
+    let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
+        .with_cookie_name(&config.session_cookie_name);
 
     let tracker = TaskTracker::new();
     let upstream = Upstream::new(config.bridge_urls.clone());
@@ -143,6 +146,16 @@ pub async fn run(
         max_rooms: config.max_rooms_per_socket,
         joined_members_max: config.joined_members_max,
     };
+    let api = api::Api {
+        token: config.api_token().map_err(RunError::Config)?,
+        upstream: upstream.clone(),
+        presence: presence.clone(),
+        sessions: sessions.clone(),
+        limits: limits.clone(),
+    };
+    if api.token.is_some() {
+        tracing::info!("server API on /api/v1");
+    }
     let shared = Shared {
         membership,
         upstream,
@@ -151,7 +164,7 @@ pub async fn run(
         limits,
         tracker: tracker.clone(),
     };
-    let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone() });
+    let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone(), api });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");
     let serving = tokio::spawn(server::serve(listener, app, shutdown.clone(), config.shutdown_grace));
 

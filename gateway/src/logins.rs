@@ -1,7 +1,8 @@
 //! Ending logins on every gateway: a logout is announced on a Redis channel
 //! and each gateway closes the sockets opened under that login at once; a
 //! periodic sweep catches logins that expired (or whose announcement was
-//! missed while Redis was away) and closes theirs too.
+//! missed while Redis was away) and closes theirs too. A disconnect by the
+//! server API is announced the same way, by user name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::drain::Sockets;
 use crate::mailbox::CloseReason;
-use crate::session::{LOGOUT_CHANNEL, LoginId, SessionStore};
+use crate::session::{DISCONNECT_CHANNEL, LOGOUT_CHANNEL, LoginId, SessionStore};
 
 /// Listens for logout announcements until `shutdown`, reconnecting to Redis
 /// with backoff when the subscription breaks.
@@ -37,7 +38,7 @@ async fn listen(
     backoff: &mut Backoff,
 ) -> Result<(), redis::RedisError> {
     let mut pubsub = redis::Client::open(redis_url)?.get_async_pubsub().await?;
-    pubsub.subscribe(LOGOUT_CHANNEL).await?;
+    pubsub.subscribe(&[LOGOUT_CHANNEL, DISCONNECT_CHANNEL]).await?;
     backoff.reset();
     let mut messages = pubsub.on_message();
     loop {
@@ -48,8 +49,13 @@ async fn listen(
         let Some(message) = message else {
             return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")));
         };
-        let Ok(login) = message.get_payload::<String>() else { continue };
-        let closed = sockets.close_login(&LoginId::from_announcement(login), CloseReason::SESSION_ENDED);
+        let Ok(payload) = message.get_payload::<String>() else { continue };
+        if message.get_channel_name() == DISCONNECT_CHANNEL {
+            let closed = sockets.close_user(&payload, CloseReason::DISCONNECTED);
+            tracing::info!(sockets = closed, user = payload, "disconnect: closed the user's sockets");
+            continue;
+        }
+        let closed = sockets.close_login(&LoginId::from_announcement(payload), CloseReason::SESSION_ENDED);
         if closed > 0 {
             tracing::info!(sockets = closed, "logout: closed the login's sockets");
         }

@@ -49,6 +49,8 @@ impl CloseReason {
     pub const SESSION_ENDED: Self = Self { code: close::POLICY, text: "session ended" };
     /// The peer kept sending over its rate limit.
     pub const ABUSE: Self = Self { code: close::POLICY, text: "rate limit: too many sends" };
+    /// A backend disconnected the user (server API).
+    pub const DISCONNECTED: Self = Self { code: close::POLICY, text: "disconnected by the server" };
 
     /// A short, fixed label for metrics.
     pub fn label(&self) -> &'static str {
@@ -58,6 +60,7 @@ impl CloseReason {
             Self::IDLE => "idle",
             Self::ABUSE => "abuse",
             Self::SESSION_ENDED => "session_ended",
+            Self::DISCONNECTED => "disconnected",
             Self { code: close::PROTOCOL, .. } => "protocol",
             Self { code: close::NORMAL, .. } => "normal",
             Self { code: close::TOO_BIG, .. } => "too_big",
@@ -156,6 +159,17 @@ impl Mailbox {
 
     /// Queues a frame the protocol obliges the socket to send (a pong).
     pub fn push(&self, frame: Outbound) -> bool {
+        self.queue_or_close(frame, CloseReason::SLOW)
+    }
+
+    /// Queues a frame, or closes the socket with `reason` when the queue is
+    /// full: a drain's notice that does not fit still closes with 1012,
+    /// so that the client knows to come back elsewhere.
+    pub fn offer_or_close(&self, frame: Bytes, reason: CloseReason) -> bool {
+        self.queue_or_close(Outbound::Text(frame), reason)
+    }
+
+    fn queue_or_close(&self, frame: Outbound, reason: CloseReason) -> bool {
         let len = frame.len();
         let queued = {
             let mut queue = self.lock();
@@ -173,7 +187,7 @@ impl Mailbox {
         if self.inner.close.get().is_none() {
             crate::metrics::queue_overflow();
         }
-        self.close(CloseReason::SLOW);
+        self.close(reason);
         false
     }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use gateway::config::Config;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -12,7 +12,8 @@ const EX_USAGE: i32 = 64;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = match gateway::config::Config::try_parse() {
+    let vcap_services = std::env::var(platform::VCAP_SERVICES).ok();
+    let config = match Config::try_parse_with_platform(std::env::args_os(), vcap_services.as_deref()) {
         Ok(config) => config,
         Err(error) if error.use_stderr() => {
             let _ = error.print();
@@ -25,6 +26,9 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(EX_USAGE);
     }
     let telemetry = ops::telemetry::init(config.log_format, "warren-gateway");
+    if let Some(service) = &config.redis_service {
+        tracing::info!(%service, "Redis from VCAP_SERVICES");
+    }
     let listener = listen(config.listen, config.listen_backlog)?;
     let admin = TcpListener::bind(config.admin_listen).await?;
 

@@ -28,6 +28,7 @@ pub fn describe() {
     describe_counter!("warren_gateway_queue_overflows_total", "Sockets closed because their queue was full.");
     describe_gauge!("warren_gateway_draining", "1 while the gateway drains.");
     describe_counter!("warren_gateway_resumes_total", "Joins with `since` (resumes after a reconnect).");
+    describe_counter!("warren_gateway_api_requests_total", "Server API calls, by route and status.");
     describe_counter!("warren_gateway_messages_replayed_total", "Messages sent to fill a member's gap.");
     describe_histogram!("warren_gateway_redis_seconds", Unit::Seconds, "Session store calls, by operation.");
     describe_counter!("warren_gateway_redis_errors_total", "Session store calls that failed.");
@@ -66,6 +67,11 @@ pub fn socket_opened() {
 pub fn socket_closed(reason: &'static str, code: u16) {
     gauge!("warren_gateway_sockets_open").decrement(1.0);
     counter!("warren_gateway_sockets_closed_total", "reason" => reason, "code" => code.to_string()).increment(1);
+}
+
+/// A server API call was answered.
+pub fn api_request(route: &'static str, status: u16) {
+    counter!("warren_gateway_api_requests_total", "route" => route, "status" => status.to_string()).increment(1);
 }
 
 /// An upgrade was refused.
@@ -193,8 +199,14 @@ fn zero_series() {
     ] {
         counter!(name).increment(0);
     }
-    let closes =
-        [CloseReason::RESTART, CloseReason::SLOW, CloseReason::IDLE, CloseReason::ABUSE, CloseReason::SESSION_ENDED];
+    let closes = [
+        CloseReason::RESTART,
+        CloseReason::SLOW,
+        CloseReason::IDLE,
+        CloseReason::ABUSE,
+        CloseReason::SESSION_ENDED,
+        CloseReason::DISCONNECTED,
+    ];
     for reason in closes.into_iter().chain([CloseReason { code: close::NORMAL, text: "" }]) {
         counter!("warren_gateway_sockets_closed_total", "reason" => reason.label(), "code" => reason.code.to_string())
             .increment(0);
@@ -203,7 +215,7 @@ fn zero_series() {
     for reason in refusals.into_iter().chain(["gateway_full", "user_sockets", "busy"]) {
         counter!("warren_gateway_handshakes_refused_total", "reason" => reason).increment(0);
     }
-    for op in ["get", "set", "expire", "exists", "del", "logout"] {
+    for op in ["get", "set", "expire", "exists", "del", "logout", "end_sessions", "publish"] {
         counter!("warren_gateway_redis_errors_total", "op" => op).increment(0);
     }
     for kind in ["join", "leave", "send", "ping", "members", "invalid", "binary"] {

@@ -255,6 +255,18 @@ impl Presence {
         Some(members.into_iter().collect())
     }
 
+    /// A room's members now, as Redis holds them, sorted (the server API);
+    /// `None` when Redis did not answer in time.
+    pub async fn room_members(&self, room: &str) -> Option<Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.ops.send(Op::Look { room: room.to_owned(), reply: tx });
+        let snapshot = tokio::time::timeout(JOIN_WAIT, rx).await.ok()?.ok()?;
+        snapshot.seq?;
+        let mut members = snapshot.members;
+        members.sort_unstable();
+        Some(members)
+    }
+
     /// The socket's `members` answer (or its error) is queued: the changes
     /// held meanwhile go with the room's next batch.
     pub fn listed(&self, room: &str, socket: SocketId) {

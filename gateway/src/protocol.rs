@@ -152,7 +152,11 @@ pub fn is_valid_room(room: &str) -> bool {
         && room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn check_room(room: &str) -> Result<(), FrameError> {
+/// One rule of the protocol, as an error frame would state it.
+///
+/// # Errors
+/// The [`FrameError`] that says which rule broke.
+pub fn check_room(room: &str) -> Result<(), FrameError> {
     if is_valid_room(room) {
         Ok(())
     } else {
@@ -160,7 +164,11 @@ fn check_room(room: &str) -> Result<(), FrameError> {
     }
 }
 
-fn check_text(text: &str) -> Result<(), FrameError> {
+/// One rule of the protocol, as an error frame would state it.
+///
+/// # Errors
+/// The [`FrameError`] that says which rule broke.
+pub fn check_text(text: &str) -> Result<(), FrameError> {
     if text.trim().is_empty() {
         return Err(FrameError::new("bad_text", "the text is empty"));
     }
@@ -170,7 +178,11 @@ fn check_text(text: &str) -> Result<(), FrameError> {
     Ok(())
 }
 
-fn check_cid(cid: &str) -> Result<(), FrameError> {
+/// One rule of the protocol, as an error frame would state it.
+///
+/// # Errors
+/// The [`FrameError`] that says which rule broke.
+pub fn check_cid(cid: &str) -> Result<(), FrameError> {
     let chars = cid.chars().count();
     if chars == 0 || chars > MAX_CID_LEN {
         return Err(FrameError::new("bad_cid", format!("cid must be 1 to {MAX_CID_LEN} characters")));

@@ -8,6 +8,7 @@
 //! | `GET /session` | `200 {"user","instance"}` with a replaced id, or `401` |
 //! | `GET /ws` | the upgrade; `401` without a session, `403` for a foreign `Origin` |
 //! | `GET /assets/*` | the page's script and styles |
+//! | `/api/v1/*` | the server API, for backends (see [`crate::api`]) |
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, Api};
 use crate::error::HttpError;
 use crate::limits::RetryAfter;
 use crate::metrics;
@@ -52,6 +54,8 @@ pub struct App {
     pub shared: Shared,
     /// Origins allowed besides the page's own.
     pub allowed_origins: Vec<String>,
+    /// The server API (off without a token).
+    pub api: Api,
 }
 
 /// Accepts connections until `shutdown`, then lets requests in flight finish
@@ -118,6 +122,7 @@ impl App {
                 tracing::Instrument::instrument(self.upgrade(request, peer), span).await
             }
             (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
+            (_, path) if path.starts_with(api::PREFIX) => return self.api.handle(request).await,
             (_, "/" | "/login" | "/logout" | "/session" | "/ws") => Err(HttpError::MethodNotAllowed),
             _ => Err(HttpError::NotFound),
         };

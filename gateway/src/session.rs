@@ -3,7 +3,8 @@
 //!
 //! - Redis key `sess:<sid>`, value JSON `{"cookie":{...},"user":"alice"}`,
 //!   TTL = the cookie's max age.
-//! - Cookie `jsessionid` = URL-encoded `s:<sid>.<sig>`, where `sig` is the
+//! - Cookie `jsessionid` (the name is configurable, as express-session's
+//!   `name` option) = URL-encoded `s:<sid>.<sig>`, where `sig` is the
 //!   unpadded base64 HMAC-SHA256 of `<sid>` keyed by the secret (exactly what
 //!   `cookie-signature` computes).
 //!
@@ -12,6 +13,7 @@
 //! is not deleted at once but given a short grace TTL, so that a request
 //! already in flight with the old cookie is not bounced to the login page.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,12 +27,18 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-/// The cookie that carries the session, and that the balancer's affinity keys on.
-pub const COOKIE_NAME: &str = "jsessionid";
+/// The cookie that carries the session, and that the balancer's affinity
+/// keys on, unless configured otherwise (`--session-cookie-name`).
+pub const DEFAULT_COOKIE_NAME: &str = "jsessionid";
 /// How long a replaced session id keeps working.
 pub const REGENERATE_GRACE: Duration = Duration::from_secs(10);
 /// The Redis channel on which a logout is announced to every gateway.
 pub const LOGOUT_CHANNEL: &str = "warren:logout";
+/// Where a user's disconnect (server API) is announced, with the user name.
+pub const DISCONNECT_CHANNEL: &str = "warren:disconnect";
+/// Prefix of a user's session index: a sorted set of session ids by expiry
+/// (ms), so that a user's sessions can be ended together.
+const USER_INDEX_PREFIX: &str = "warren:user-sessions:";
 const KEY_PREFIX: &str = "sess:";
 const LOGIN_PREFIX: &str = "warren:login:";
 
@@ -49,7 +57,7 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// Why a request has no usable session.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// No `jsessionid` cookie.
+    /// No session cookie.
     #[error("no session cookie")]
     NoCookie,
     /// The cookie is malformed or its signature does not match.
@@ -249,6 +257,12 @@ impl Signer {
     }
 }
 
+/// Whether `name` can name a cookie: an RFC 6265 token (visible ASCII
+/// without separators), which every browser and balancer takes as is.
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
 /// The session store: Redis plus the cookie rules.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
@@ -256,12 +270,23 @@ pub struct SessionStore {
     signer: Signer,
     max_age: Duration,
     secure: bool,
+    cookie_name: Arc<str>,
 }
 
 impl SessionStore {
-    /// A store on `pool`, signing with `signer`.
+    /// A store on `pool`, signing with `signer`, whose cookie is
+    /// [`DEFAULT_COOKIE_NAME`].
     pub fn new(pool: deadpool_redis::Pool, signer: Signer, max_age: Duration, secure: bool) -> Self {
-        Self { pool, signer, max_age, secure }
+        Self { pool, signer, max_age, secure, cookie_name: DEFAULT_COOKIE_NAME.into() }
+    }
+
+    /// The same store with its cookie named `name` (an
+    /// [`is_cookie_name`] token, checked by the config). Names are
+    /// case-sensitive: a cookie named otherwise is not a session.
+    #[must_use]
+    pub fn with_cookie_name(mut self, name: &str) -> Self {
+        self.cookie_name = name.into();
+        self
     }
 
     /// The signed session id in the request's cookies.
@@ -273,7 +298,7 @@ impl SessionStore {
         for header in headers.get_all(http::header::COOKIE) {
             let Ok(header) = header.to_str() else { continue };
             for cookie in cookie::Cookie::split_parse(header).flatten() {
-                if cookie.name() == COOKIE_NAME {
+                if cookie.name() == &*self.cookie_name {
                     found = true;
                     if let Ok(id) = self.signer.verify(cookie.value()) {
                         return Ok(id);
@@ -335,9 +360,20 @@ impl SessionStore {
         let grace = i64::try_from(REGENERATE_GRACE.as_secs()).unwrap_or(10);
         // A plain EXPIRE is fine: the grace is far shorter than any session
         // lifetime.
+        let until = unix_millis(SystemTime::now()) + REGENERATE_GRACE.as_millis() as u64;
         timed("expire", async {
             let mut redis = self.pool.get().await?;
-            let _: bool = redis.expire(old.id.key(), grace).await?;
+            let _: () = deadpool_redis::redis::pipe()
+                .expire(old.id.key(), grace)
+                .ignore()
+                .cmd("ZADD")
+                .arg(user_index_key(&old.user))
+                .arg("XX")
+                .arg(until)
+                .arg(&old.id.0)
+                .ignore()
+                .query_async(&mut redis)
+                .await?;
             Ok(())
         })
         .await?;
@@ -416,13 +452,71 @@ impl SessionStore {
         let record = Record::new(session, self.max_age, self.secure);
         let json = serde_json::to_string(&record).map_err(|error| SessionError::Store(error.to_string()))?;
         let ttl = self.max_age.as_secs().max(1);
+        let index = user_index_key(&session.user);
+        let now = unix_millis(SystemTime::now());
         timed("set", async {
             let mut redis = self.pool.get().await?;
             let _: () = deadpool_redis::redis::pipe()
                 .set_ex(session.id.key(), json, ttl)
                 .set_ex(session.login.key(), 1, ttl)
+                .zadd(&index, &session.id.0, now + ttl * 1000)
+                .zrembyscore(&index, "-inf", now)
+                .expire(&index, i64::try_from(ttl).unwrap_or(i64::MAX))
                 .query_async(&mut redis)
                 .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends every session of `user` that this store made (as a logout does
+    /// for one: the sessions and their logins are deleted, and each login's
+    /// end is announced, so its sockets close on every gateway). Returns how
+    /// many logins ended. Sessions made elsewhere (a Node app sharing the
+    /// store) are not in the user's index and are not ended.
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn end_sessions_of(&self, user: &UserName) -> Result<usize, SessionError> {
+        let index = user_index_key(user);
+        timed("end_sessions", async {
+            let mut redis = self.pool.get().await?;
+            let ids: Vec<String> = redis.zrange(&index, 0, -1).await?;
+            let keys: Vec<String> = ids.iter().map(|id| format!("{KEY_PREFIX}{id}")).collect();
+            let records: Vec<Option<String>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                deadpool_redis::redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?
+            };
+            let logins: HashSet<LoginId> = records
+                .iter()
+                .flatten()
+                .filter_map(|json| serde_json::from_str::<Record>(json).ok()?.login)
+                .map(|login| LoginId(login.into()))
+                .collect();
+            let mut pipe = deadpool_redis::redis::pipe();
+            pipe.del(&index).ignore();
+            for key in &keys {
+                pipe.del(key).ignore();
+            }
+            for login in &logins {
+                pipe.del(login.key()).ignore().publish(LOGOUT_CHANNEL, login.as_str()).ignore();
+            }
+            let _: () = pipe.query_async(&mut redis).await?;
+            Ok(logins.len())
+        })
+        .await
+    }
+
+    /// Announces that every socket of `user` must close, on every gateway
+    /// (the server API's disconnect).
+    ///
+    /// # Errors
+    /// `Store` when Redis fails.
+    pub async fn announce_disconnect(&self, user: &UserName) -> Result<(), SessionError> {
+        timed("publish", async {
+            let mut redis = self.pool.get().await?;
+            let _: u64 = redis.publish(DISCONNECT_CHANNEL, user.as_str()).await?;
             Ok(())
         })
         .await
@@ -432,7 +526,8 @@ impl SessionStore {
     pub fn set_cookie(&self, id: &SessionId) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
         format!(
-            "{COOKIE_NAME}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+            self.cookie_name,
             self.signer.cookie_value(id),
             self.max_age.as_secs()
         )
@@ -441,7 +536,7 @@ impl SessionStore {
     /// The `Set-Cookie` value that removes the cookie.
     pub fn clear_cookie(&self) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
-        format!("{COOKIE_NAME}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}")
+        format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}", self.cookie_name)
     }
 
     /// Whether Redis answers (readiness).
@@ -450,6 +545,14 @@ impl SessionStore {
         let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut redis).await?;
         Ok(())
     }
+}
+
+fn user_index_key(user: &UserName) -> String {
+    format!("{USER_INDEX_PREFIX}{}", user.as_str())
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Runs one session store call, recording its latency and failure.
@@ -519,6 +622,31 @@ mod tests {
         let value = signer.cookie_value(&id);
         assert_eq!(signer.verify(&format!("gw1~{value}")).expect("valid"), id);
         assert_eq!(signer.verify(&format!("s:1~{value}")).expect("valid"), id, "a prefix that looks signed");
+    }
+
+    #[test]
+    fn the_cookie_name_is_configurable_and_exact() {
+        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1")
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .expect("a pool (never used)");
+        let signer = Signer::new("secret");
+        let store =
+            SessionStore::new(pool, signer.clone(), Duration::from_secs(60), false).with_cookie_name("JSESSIONID");
+        let id = SessionId::generate();
+        let value = signer.cookie_value(&id);
+        let with = |cookie: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::COOKIE, cookie.parse().expect("a header value"));
+            headers
+        };
+        assert_eq!(store.id_from_headers(&with(format!("JSESSIONID={value}"))).ok(), Some(id.clone()));
+        let lower = store.id_from_headers(&with(format!("jsessionid={value}")));
+        assert!(matches!(lower, Err(SessionError::NoCookie)), "names are case-sensitive");
+        assert!(store.set_cookie(&id).starts_with(&format!("JSESSIONID={value}; ")));
+        assert!(store.clear_cookie().starts_with("JSESSIONID=; "));
+        assert!(
+            is_cookie_name("JSESSIONID") && !is_cookie_name("a b") && !is_cookie_name("a=b") && !is_cookie_name("")
+        );
     }
 
     #[test]

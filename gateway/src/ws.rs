@@ -135,7 +135,7 @@ impl Handler {
         let writer = shared.tracker.spawn(write_loop(write, mailbox.clone()));
         let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         let Session { user, login, .. } = session;
-        shared.sockets.insert(id, mailbox.clone(), login);
+        shared.sockets.insert(id, mailbox.clone(), login, user.as_str());
         metrics::socket_opened();
         tracing::info!(socket = id, user = user.as_str(), "socket open");
         let welcome = ServerFrame::Welcome { user: user.as_str(), instance: &shared.instance }.encode();

@@ -135,7 +135,7 @@ async fn gateway_started_without_redis_refuses_with_503_and_recovers() -> anyhow
     assert_eq!(login.status, StatusCode::SERVICE_UNAVAILABLE, "{}", login.text());
     assert!(login.text().contains("session store unavailable"), "{}", login.text());
     let cookie = signed_cookie(&testkit::unique("sid"));
-    let mut holder = Client { addr: gateway.addr, cookie: Some(cookie.clone()) };
+    let mut holder = Client { cookie: Some(cookie.clone()), ..Client::new(gateway.addr) };
     let session = holder.get("/session").await?;
     assert_eq!(session.status, StatusCode::SERVICE_UNAVAILABLE, "{}", session.text());
     assert!(session.json()?["error"].as_str().is_some_and(|e| e.contains("session store unavailable")));

@@ -19,7 +19,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use gateway::protocol::{ClientFrame, FrameError, MAX_CID_LEN, MAX_TEXT_CHARS, decode};
-use gateway::session::{COOKIE_NAME, SessionError, SessionStore, Signer};
+use gateway::session::{DEFAULT_COOKIE_NAME as COOKIE_NAME, SessionError, SessionStore, Signer};
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};

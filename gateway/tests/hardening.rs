@@ -1,30 +1,19 @@
 //! Hostile and broken clients get clear answers, and everyone else keeps
 //! chatting: limits, bad frames, cross-site posts, slow readers.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
 use anyhow::Context;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::json;
+use support::raw::{self, masked};
+use support::{one_gateway, open};
 use testkit::http::Client;
-use testkit::stack::{Extras, Shape, Stack};
 use testkit::ws::{self, Event, Refused, Socket};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-async fn one_gateway(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
-    let gateway_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, Extras { gateway_env, ..Extras::default() })
-        .await
-}
-
-async fn open(addr: SocketAddr, cookie: &str) -> anyhow::Result<Socket> {
-    let mut socket = ws::connect(addr, Some(cookie), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    assert_eq!(socket.next_json().await?["type"], "welcome");
-    Ok(socket)
-}
+use tokio::io::AsyncWriteExt;
 
 async fn close_of(socket: &mut Socket) -> anyhow::Result<(u16, String)> {
     loop {
@@ -146,40 +135,6 @@ async fn cross_site_form_posts_are_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens a socket by hand, so that raw (even invalid) frames can be written.
-async fn raw_socket(addr: SocketAddr, cookie: &str) -> anyhow::Result<TcpStream> {
-    // A small receive buffer, so that a socket that stops reading fills up
-    // soon instead of parking megabytes in the kernel.
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let mut stream = socket.connect(addr).await?;
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: jsessionid={cookie}\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await?);
-    }
-    anyhow::ensure!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    Ok(stream)
-}
-
-/// Reads server frames until a close frame; returns its code.
-async fn raw_close_code(stream: &mut TcpStream) -> anyhow::Result<u16> {
-    Ok(frames_until_close(stream).await?.1)
-}
-
-/// A masked client frame.
-fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![(u8::from(fin) << 7) | opcode, 0x80 | u8::try_from(payload.len()).unwrap_or(125)];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 #[tokio::test]
 async fn broken_frames_get_their_close_codes_and_others_carry_on() -> anyhow::Result<()> {
     let stack = one_gateway(&[]).await?;
@@ -198,9 +153,9 @@ async fn broken_frames_get_their_close_codes_and_others_carry_on() -> anyhow::Re
         ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
     ];
     for (what, frame, code) in cases {
-        let mut stream = raw_socket(addr, &cookie).await?;
+        let mut stream = raw::connect(addr, &cookie).await?;
         stream.write_all(&frame).await?;
-        assert_eq!(raw_close_code(&mut stream).await.context(what)?, code, "{what}");
+        assert_eq!(raw::frames_until_close(&mut stream).await.context(what)?.code, code, "{what}");
     }
     // The gateway and the other socket are unaffected.
     let id = bystander.send_message(&room, "still fine", "ok").await?;
@@ -223,7 +178,7 @@ async fn a_socket_that_stops_reading_is_closed_and_others_get_everything() -> an
     let cookie = client.cookie.clone().context("cookie")?;
 
     // The slow socket joins, then never reads again.
-    let mut slow = raw_socket(addr, &cookie).await.context("slow socket")?;
+    let mut slow = raw::connect(addr, &cookie).await.context("slow socket")?;
     slow.write_all(&masked(true, 0x1, format!(r#"{{"type":"join","room":"{room}"}}"#).as_bytes()))
         .await
         .context("slow join")?;
@@ -280,10 +235,10 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_stays(
     let cookie = client.cookie.clone().context("cookie")?;
 
     // A peer that reads but never answers: pinged, then closed as idle.
-    let mut mute = raw_socket(addr, &cookie).await?;
-    let (opcodes, code, reason) = frames_until_close(&mut mute).await?;
-    assert!(opcodes.contains(&0x9), "pinged before being closed: {opcodes:?}");
-    assert_eq!((code, reason.as_str()), (1008, "timeout: no pong"));
+    let mut mute = raw::connect(addr, &cookie).await?;
+    let closed = raw::frames_until_close(&mut mute).await?;
+    assert!(closed.frames.iter().any(|(opcode, _)| *opcode == 0x9), "pinged before being closed: {closed:?}");
+    assert_eq!((closed.code, closed.reason.as_str()), (1008, "timeout: no pong"));
 
     // A client that answers pings (fastwebsockets does while it reads) is
     // still there after three idle timeouts.
@@ -295,54 +250,5 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_one_that_answers_stays(
 
     let metrics = Client::new(stack.gateways[0].admin).get("/metrics").await.context("metrics")?.text();
     assert!(metrics.contains(r#"warren_gateway_sockets_closed_total{reason="idle",code="1008"} 1"#), "{metrics}");
-    Ok(())
-}
-
-/// Reads server frames until a close frame: the opcodes seen, the close code
-/// and reason.
-async fn frames_until_close(stream: &mut TcpStream) -> anyhow::Result<(Vec<u8>, u16, String)> {
-    let read = async {
-        let mut opcodes = Vec::new();
-        loop {
-            let opcode = stream.read_u8().await? & 0x0f;
-            let len = match stream.read_u8().await? & 0x7f {
-                126 => usize::from(stream.read_u16().await?),
-                127 => usize::try_from(stream.read_u64().await?)?,
-                n => usize::from(n),
-            };
-            let mut payload = vec![0; len];
-            stream.read_exact(&mut payload).await?;
-            opcodes.push(opcode);
-            if opcode == 0x8 {
-                let code = u16::from_be_bytes([payload[0], payload[1]]);
-                return Ok::<_, anyhow::Error>((opcodes, code, String::from_utf8_lossy(&payload[2..]).into_owned()));
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read).await.context("no close frame")?
-}
-
-/// A flooder that writes 400 sends back to back before it reads anything
-/// still gets its close frame (1008 and the reason), not a reset.
-#[tokio::test]
-async fn a_flooder_that_reads_nothing_until_it_has_written_gets_its_close_frame() -> anyhow::Result<()> {
-    let stack = one_gateway(&[]).await?;
-    let addr = stack.gateways[0].addr;
-    let mut client = Client::new(addr);
-    client.login("blind-flooder").await?;
-    let mut stream = raw_socket(addr, client.cookie.as_deref().context("cookie")?).await?;
-    let room = testkit::unique("blind");
-    let join = json!({"type": "join", "room": room}).to_string();
-    stream.write_all(&masked(true, 0x1, join.as_bytes())).await?;
-    let mut flood = Vec::new();
-    for n in 0..400 {
-        let send = json!({"type": "send", "room": room, "text": "x", "cid": format!("c{n}")}).to_string();
-        flood.extend(masked(true, 0x1, send.as_bytes()));
-    }
-    // Written whole, as a client that does not read meanwhile would.
-    let _ = stream.write_all(&flood).await;
-    let (_, code, reason) = frames_until_close(&mut stream).await?;
-    assert_eq!(code, 1008, "{reason}");
-    assert!(reason.contains("rate limit"), "{reason}");
     Ok(())
 }

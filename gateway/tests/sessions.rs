@@ -179,3 +179,49 @@ async fn an_expired_login_has_its_sockets_closed() -> anyhow::Result<()> {
     assert_eq!(closed_with(&mut socket).await?, (1008, "session ended".to_owned()));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_cookie_named_otherwise_carries_the_session_alone() -> anyhow::Result<()> {
+    // Cloud Foundry's router keys its affinity on `JSESSIONID`, exactly.
+    let name = "JSESSIONID";
+    let extras = testkit::stack::Extras {
+        gateway_env: vec![("GATEWAY_SESSION_COOKIE_NAME".to_owned(), name.to_owned())],
+        ..testkit::stack::Extras::default()
+    };
+    let stack = Stack::start_with(Shape { bridges: 1, gateways: 2, haproxy: true }, extras).await?;
+    let front = stack.front();
+    let mut browser = Client::new(front).with_cookie_name(name);
+    let user = testkit::unique("upper");
+    let login = browser.login(&user).await?;
+    let set_cookie = login.headers.get(http::header::SET_COOKIE).context("Set-Cookie")?.to_str()?.to_owned();
+    assert!(set_cookie.starts_with("JSESSIONID=s%3A"), "the signed express-session value: {set_cookie}");
+    assert!(login.session_cookie().is_none(), "no lowercase jsessionid is set");
+    let cookie = browser.cookie.clone().context("cookie kept")?;
+
+    // The record is where express-session would look for it.
+    let mut redis = redis::Client::open(redis_url())?.get_multiplexed_async_connection().await?;
+    let raw: String = redis.get(format!("sess:{}", sid_of(&cookie)?)).await?;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&raw)?["user"], user.as_str());
+
+    // Page loads and /session see the login, and hand out the new id under the same name.
+    assert!(browser.get("/").await?.text().contains("id=\"me\""), "with a session / is the chat page");
+    let session = browser.get("/session").await?;
+    assert_eq!(session.status, StatusCode::OK);
+    assert_eq!(session.json()?["user"], user.as_str());
+    assert!(session.cookie(name).is_some() && session.session_cookie().is_none());
+
+    // The socket opens with it and knows the user from it.
+    let cookies = browser.cookie_header().context("a session")?;
+    let mut socket =
+        ws::connect_with_cookies(front, Some(&cookies), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let welcome = socket.next_json().await?;
+    assert_eq!((welcome["type"].as_str(), welcome["user"].as_str()), (Some("welcome"), Some(user.as_str())));
+
+    // The same signed value under the lowercase name is no session at all.
+    let value = browser.cookie.clone().context("cookie kept")?;
+    let mut lowercase = Client { cookie: Some(value.clone()), ..Client::new(front) };
+    assert_eq!(lowercase.get("/session").await?.status, StatusCode::UNAUTHORIZED);
+    assert!(lowercase.get("/").await?.text().contains("action=\"/login\""), "the login page");
+    assert_eq!(refused(front, Some(&value), None).await?, 401, "a socket with only jsessionid");
+    Ok(())
+}

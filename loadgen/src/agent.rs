@@ -54,6 +54,8 @@ pub struct Live {
     pub joined: AtomicUsize,
     /// Reconnects after which the user has received a message again.
     pub receiving_again: AtomicUsize,
+    /// Sockets lost (or left on a notice) by users who go on.
+    pub lost: AtomicUsize,
 }
 
 impl Live {
@@ -65,6 +67,12 @@ impl Live {
     /// Reconnects after which the user has received a message again.
     pub fn receiving_again(&self) -> usize {
         self.receiving_again.load(Ordering::Relaxed)
+    }
+
+    /// Sockets lost (or left on a notice) by users who go on: each is a
+    /// reconnect to come, then a first message on it.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::Relaxed)
     }
 }
 
@@ -176,6 +184,9 @@ impl Agent {
             let ended = self.converse(socket).await;
             self.run.live.joined.fetch_sub(1, Ordering::Relaxed);
             lost_at = Some(Instant::now());
+            if !matches!(ended, Ended::Stop) {
+                self.run.live.lost.fetch_add(1, Ordering::Relaxed);
+            }
             match ended {
                 Ended::Stop => return,
                 Ended::Notice(delay) => self.pause(delay).await,

@@ -137,6 +137,8 @@ ensure_node_deps() {
 # render_haproxy_cfg OUT BIND SERVER...: write scripts/haproxy/haproxy.cfg.in to
 # OUT with BIND (host:port) as the frontend address and one backend line per
 # SERVER, each given as NAME,HOST:PORT,ADMIN_PORT (e.g. gw1,127.0.0.1:8081,9081).
+# Affinity hashes on the gateways' session cookie: GATEWAY_SESSION_COOKIE_NAME
+# (what the gateways started from the same environment read), else jsessionid.
 render_haproxy_cfg() {
   local out=$1 bind=$2 s name addr admin servers="" tpl
   shift 2
@@ -147,5 +149,6 @@ render_haproxy_cfg() {
   done
   tpl="$(<"$WARREN_ROOT/scripts/haproxy/haproxy.cfg.in")"
   tpl="${tpl//@@BIND@@/"$bind"}"
+  tpl="${tpl//@@COOKIE@@/"${GATEWAY_SESSION_COOKIE_NAME:-jsessionid}"}"
   printf '%s\n' "${tpl//@@SERVERS@@/"$servers"}" >"$out"
 }

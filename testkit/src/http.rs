@@ -1,5 +1,5 @@
 //! A small HTTP/1.1 client: one connection per request, one cookie jar slot
-//! (`jsessionid`), nothing hidden.
+//! (the session cookie, `jsessionid` unless named otherwise), nothing hidden.
 
 use std::net::SocketAddr;
 
@@ -9,6 +9,9 @@ use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+/// The gateways' session cookie unless `GATEWAY_SESSION_COOKIE_NAME` says otherwise.
+pub const DEFAULT_COOKIE_NAME: &str = "jsessionid";
 
 /// What came back.
 #[derive(Debug, Clone)]
@@ -37,8 +40,14 @@ impl Reply {
 
     /// The `jsessionid` value this reply sets, if any (still URL-encoded).
     pub fn session_cookie(&self) -> Option<String> {
+        self.cookie(DEFAULT_COOKIE_NAME)
+    }
+
+    /// The value this reply sets for the cookie named exactly `name`, if
+    /// any (still URL-encoded).
+    pub fn cookie(&self, name: &str) -> Option<String> {
         self.headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|cookie| {
-            let value = cookie.strip_prefix("jsessionid=")?;
+            let value = cookie.strip_prefix(name)?.strip_prefix('=')?;
             let value = value.split(';').next()?;
             (!value.is_empty()).then(|| value.to_owned())
         })
@@ -50,15 +59,29 @@ impl Reply {
 pub struct Client {
     /// Where requests go.
     pub addr: SocketAddr,
-    /// The `jsessionid` cookie value sent with every request, updated from
+    /// The session cookie's value, sent with every request, updated from
     /// every `Set-Cookie` (as a browser would).
     pub cookie: Option<String>,
+    /// The session cookie's name (the gateways' `GATEWAY_SESSION_COOKIE_NAME`).
+    pub cookie_name: String,
 }
 
 impl Client {
-    /// A client without a session.
+    /// A client without a session, for gateways with the default cookie name.
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, cookie: None }
+        Self { addr, cookie: None, cookie_name: DEFAULT_COOKIE_NAME.to_owned() }
+    }
+
+    /// The same client, for gateways whose session cookie is named `name`.
+    #[must_use]
+    pub fn with_cookie_name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.cookie_name);
+        self
+    }
+
+    /// The `Cookie` header this client sends (`name=value`), if it has a session.
+    pub fn cookie_header(&self) -> Option<String> {
+        self.cookie.as_ref().map(|value| format!("{}={value}", self.cookie_name))
     }
 
     /// Sends a request with the cookie; keeps any new cookie.
@@ -67,15 +90,15 @@ impl Client {
     /// When the server cannot be reached or the exchange fails.
     pub async fn request(&mut self, method: Method, path: &str, body: Option<&str>) -> anyhow::Result<Reply> {
         let mut builder = Request::builder().method(method).uri(path).header(header::HOST, self.addr.to_string());
-        if let Some(cookie) = &self.cookie {
-            builder = builder.header(header::COOKIE, format!("jsessionid={cookie}"));
+        if let Some(cookie) = self.cookie_header() {
+            builder = builder.header(header::COOKIE, cookie);
         }
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?;
         let reply = send(self.addr, request).await?;
-        if let Some(cookie) = reply.session_cookie() {
+        if let Some(cookie) = reply.cookie(&self.cookie_name) {
             self.cookie = Some(cookie);
         }
         Ok(reply)
@@ -96,7 +119,7 @@ impl Client {
     pub async fn login(&mut self, user: &str) -> anyhow::Result<Reply> {
         let reply = self.request(Method::POST, "/login", Some(&format!("user={user}"))).await?;
         anyhow::ensure!(reply.status == StatusCode::SEE_OTHER, "login answered {}: {}", reply.status, reply.text());
-        anyhow::ensure!(reply.session_cookie().is_some(), "login set no cookie");
+        anyhow::ensure!(reply.cookie(&self.cookie_name).is_some(), "login set no {} cookie", self.cookie_name);
         Ok(reply)
     }
 }

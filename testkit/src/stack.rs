@@ -241,7 +241,8 @@ impl Stack {
         if shape.haproxy {
             let mut servers: Vec<(SocketAddr, SocketAddr)> = stack.gateways.iter().map(|g| (g.addr, g.admin)).collect();
             servers.extend(stack.spares.iter().copied());
-            stack.haproxy = Some(start_haproxy(&stack._dir.path, &servers).await?);
+            let cookie = session_cookie_name(&stack.gateway_env);
+            stack.haproxy = Some(start_haproxy(&stack._dir.path, &servers, cookie).await?);
         }
         Ok(stack)
     }
@@ -390,7 +391,21 @@ async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration, allow_unr
     Ok(Gateway { process, addr, admin, instance: instance.to_owned() })
 }
 
-async fn start_haproxy(dir: &Path, gateways: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<(Process, SocketAddr)> {
+/// The session cookie the gateways set: their `GATEWAY_SESSION_COOKIE_NAME`
+/// when the stack gives one, which HAProxy's affinity must hash on too.
+fn session_cookie_name(gateway_env: &[(String, String)]) -> &str {
+    gateway_env
+        .iter()
+        .rev()
+        .find_map(|(key, value)| (key == "GATEWAY_SESSION_COOKIE_NAME").then_some(value.as_str()))
+        .unwrap_or(crate::http::DEFAULT_COOKIE_NAME)
+}
+
+async fn start_haproxy(
+    dir: &Path,
+    gateways: &[(SocketAddr, SocketAddr)],
+    cookie: &str,
+) -> anyhow::Result<(Process, SocketAddr)> {
     let front = free_addr()?;
     let template = std::fs::read_to_string(repo_root().join("scripts/haproxy/haproxy.cfg.in"))?;
     let servers: Vec<String> = gateways
@@ -398,7 +413,10 @@ async fn start_haproxy(dir: &Path, gateways: &[(SocketAddr, SocketAddr)]) -> any
         .enumerate()
         .map(|(i, (addr, admin))| format!("    server gw{} {addr} check port {}", i + 1, admin.port()))
         .collect();
-    let config = template.replace("@@BIND@@", &front.to_string()).replace("@@SERVERS@@", &servers.join("\n"));
+    let config = template
+        .replace("@@BIND@@", &front.to_string())
+        .replace("@@COOKIE@@", cookie)
+        .replace("@@SERVERS@@", &servers.join("\n"));
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config)?;
     let mut command = Command::new("haproxy");

@@ -63,11 +63,26 @@ where
     }
 }
 
-/// Opens `/ws` at `addr` with an optional cookie and `Origin`.
+/// Opens `/ws` at `addr` with an optional session cookie value (sent as
+/// `jsessionid`) and `Origin`.
 ///
 /// # Errors
 /// [`Refused::Status`] when the upgrade is answered with another status.
 pub async fn connect(addr: SocketAddr, cookie: Option<&str>, origin: Option<&str>) -> Result<Socket, Refused> {
+    let header = cookie.map(|value| format!("{}={value}", crate::http::DEFAULT_COOKIE_NAME));
+    connect_with_cookies(addr, header.as_deref(), origin).await
+}
+
+/// Opens `/ws` at `addr` with an optional whole `Cookie` header
+/// (`name=value; ...`, e.g. [`crate::http::Client::cookie_header`]) and `Origin`.
+///
+/// # Errors
+/// [`Refused::Status`] when the upgrade is answered with another status.
+pub async fn connect_with_cookies(
+    addr: SocketAddr,
+    cookies: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, Refused> {
     let stream = TcpStream::connect(addr).await.map_err(|e| Refused::Other(e.into()))?;
     let mut request = Request::builder()
         .method("GET")
@@ -77,8 +92,8 @@ pub async fn connect(addr: SocketAddr, cookie: Option<&str>, origin: Option<&str
         .header(header::CONNECTION, "upgrade")
         .header("Sec-WebSocket-Key", fastwebsockets::handshake::generate_key())
         .header("Sec-WebSocket-Version", "13");
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, format!("jsessionid={cookie}"));
+    if let Some(cookies) = cookies {
+        request = request.header(header::COOKIE, cookies);
     }
     if let Some(origin) = origin {
         request = request.header(header::ORIGIN, origin);

@@ -98,9 +98,9 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* The session cookie the gateways set. Fixed by the gateway; never a balancer cookie name. */}}
+{{/* The session cookie the gateways set (GATEWAY_SESSION_COOKIE_NAME); never a balancer cookie name. */}}
 {{- define "warren.sessionCookie" -}}
-jsessionid
+{{ .Values.gateway.config.sessionCookieName }}
 {{- end }}
 
 {{/*
@@ -202,9 +202,9 @@ strictly greater than the longest a pod can take:
 {{- end }}
 {{- end }}
 
-{{/* Fails when a cookie name would be "jsessionid", the app's own session cookie. */}}
+{{/* Fails when a cookie name would be the app's own session cookie's, in any case. */}}
 {{- define "warren.checkCookieName" -}}
-{{- if eq (lower (toString .name)) (include "warren.sessionCookie" .ctx) }}
+{{- if eq (lower (toString .name)) (lower (include "warren.sessionCookie" .ctx)) }}
 {{- fail (printf "%s must not be %q: that is the gateway's session cookie, and a balancer cookie of that name would overwrite the session (see docs/kubernetes.md)" .what .name) }}
 {{- end }}
 {{- end }}

@@ -79,6 +79,12 @@ pub struct TargetArgs {
     /// as the machine's broker has; default: this process's.
     #[arg(long)]
     pub broker_open_files: Option<u32>,
+    /// Our stack: keep the gateways' shipped limits (handshakes, sockets,
+    /// sends) instead of raising them, with HAProxy's loopback address
+    /// trusted for X-Forwarded-For as `scripts/dev-up` does: the stack a
+    /// new user starts.
+    #[arg(long)]
+    pub shipped_limits: bool,
     /// Our stack: more gateway environment as KEY=VALUE (repeatable), after
     /// the raised limits, e.g. GATEWAY_MAX_QUEUE_BYTES=32768.
     #[arg(long = "gateway-env", value_parser = parse_env)]
@@ -201,7 +207,8 @@ pub struct StormArgs {
 pub struct DrainArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Clients on the gateway that is drained.
+    /// Clients: all on the gateway that is drained, or with `--gateways 2`
+    /// or more spread over them by HAProxy.
     #[arg(long, default_value_t = 500)]
     clients: usize,
     /// Clients per room.
@@ -347,6 +354,7 @@ impl TargetArgs {
             private_services: self.private_services,
             broker_open_files: self.broker_open_files,
             watch: self.watch.clone(),
+            shipped_limits: self.shipped_limits,
             gateway_env: self.gateway_env.clone(),
             admins: self.admin.clone(),
             ..TargetSpec::default()
@@ -365,12 +373,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         Scenario::Idle(a) => (&a.target, a.target.spec(1)),
         Scenario::Storm(a) => (&a.target, a.target.spec(1)),
         Scenario::Drain(a) => {
+            // One gateway and a spare to move to, or the clients spread over
+            // `--gateways` of them.
+            let base = a.target.spec(1);
             let spec = TargetSpec {
-                gateways: 1,
-                spare_gateways: 1,
+                spare_gateways: usize::from(base.gateways == 1),
                 haproxy: true,
                 drain_window: a.drain_window,
-                ..a.target.spec(1)
+                ..base
             };
             (&a.target, spec)
         }

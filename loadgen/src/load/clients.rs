@@ -215,9 +215,9 @@ pub fn stamp_of(text: &str) -> Option<u64> {
 /// turns the upgrade away for admission (429: handshakes per source
 /// address; 503: sockets per user or per gateway), with growing, jittered
 /// pauses, until `limit` has passed. Against a stack that keeps its default
-/// limits (20 handshakes/s per address, and behind HAProxy every client
-/// shares HAProxy's address) this is what paces a crowd: as fast as the
-/// gateways admit, never faster. Returns the socket and how many tries were
+/// limits (500 handshakes/s per client address, 1,000 in flight per
+/// gateway) this is what paces a crowd: as fast as the gateways admit,
+/// never faster. Returns the socket and how many tries were
 /// turned away.
 ///
 /// # Errors

@@ -6,9 +6,13 @@
 //! and whether any acked message was missed or seen twice.
 //!
 //! On a stack of our own the two gateways take turns: each run drains the
-//! one the clients are on and restarts the other first. Against `--url`
-//! (an HAProxy) the gateway to drain is given by its process id, once.
+//! one the clients are on and restarts the other first. With `--gateways 2`
+//! or more, the clients are spread over them all by HAProxy instead (as
+//! users are) and the first gateway is drained each run: its share moves to
+//! the others, everyone else stays. Against `--url` (an HAProxy) the gateway
+//! to drain is given by its process id, once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,17 +62,23 @@ pub struct Params {
 pub async fn run(target: &mut Target, params: &Params) -> anyhow::Result<Value> {
     let own = target.own.is_some();
     ensure!(own || params.drain_pid.is_some(), "against --url, drain needs --drain-pid");
+    let mut spread = false;
     if let Some(own) = &target.own {
         ensure!(own.stack.haproxy.is_some(), "drain needs HAProxy in front");
         ensure!(own.stack.gateways.len() + own.stack.spares.len() >= 2, "drain needs two gateways");
+        spread = own.stack.gateways.len() >= 2;
     }
     let runs_wanted = if own { params.runs } else { 1 };
     let mut runs = Vec::new();
     let mut victim = 0;
     for run in 0..runs_wanted {
         progress::note(&format!("drain run {}: {} clients", run + 1, params.clients));
-        runs.push(one_run(target, params, victim).await?);
-        victim = 1 - victim;
+        if spread {
+            runs.push(one_run(target, params, Plan::Spread).await?);
+        } else {
+            runs.push(one_run(target, params, Plan::Turns { victim }).await?);
+            victim = 1 - victim;
+        }
     }
     Ok(json!({
         "scenario": "drain",
@@ -79,13 +89,31 @@ pub async fn run(target: &mut Target, params: &Params) -> anyhow::Result<Value> 
             "drain_window_ms": params.drain_window.as_millis() as u64,
             "settle_s": params.settle.as_secs_f64(),
             "runs": runs_wanted,
+            "spread": spread,
         },
         "median": summary::median(&runs),
         "runs": runs,
     }))
 }
 
-async fn one_run(target: &mut Target, params: &Params, victim: usize) -> anyhow::Result<Value> {
+/// Which gateway a run drains, and where its clients are.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// Every client on `victim`; the other gateway is (re)started to take
+    /// them.
+    Turns { victim: usize },
+    /// Clients spread over every gateway; the first is drained (and started
+    /// again before the next run).
+    Spread,
+}
+
+async fn one_run(target: &mut Target, params: &Params, plan: Plan) -> anyhow::Result<Value> {
+    if let (Plan::Spread, Some(own)) = (plan, target.own.as_mut())
+        && own.stack.gateways[0].process.pid().is_none()
+    {
+        own.stack.restart_gateway(0).await.context("restart the drained gateway")?;
+        tokio::time::sleep(BALANCER_RISE).await;
+    }
     let ledger = Arc::new(Ledger::default());
     let live = Arc::new(Live::default());
     let run = Run {
@@ -123,8 +151,14 @@ async fn one_run(target: &mut Target, params: &Params, victim: usize) -> anyhow:
         run.stop.cancel();
         bail!("only {} of {} clients joined", live.joined(), params.clients);
     }
-    let pid = bring_up_and_find_victim(target, params, victim).await?;
-    tokio::time::sleep(BALANCER_RISE).await;
+    let (pid, victim_admin) = bring_up_and_find_victim(target, params, plan).await?;
+    if matches!(plan, Plan::Turns { .. }) {
+        tokio::time::sleep(BALANCER_RISE).await;
+    }
+    let on_victim = match victim_admin {
+        Some(admin) => Some(sockets_open(admin).await.context("the drained gateway's sockets")?),
+        None => None,
+    };
 
     let meter = Meter::start(&target.watched());
     let t0 = Instant::now();
@@ -135,7 +169,11 @@ async fn one_run(target: &mut Target, params: &Params, victim: usize) -> anyhow:
         if exited_at.is_none() && !procs::is_running(pid) {
             exited_at = Some(t0.elapsed());
         }
-        if exited_at.is_some() && live.receiving_again() >= params.clients {
+        let everyone_back = match plan {
+            Plan::Turns { .. } => live.receiving_again() >= params.clients,
+            Plan::Spread => live.joined() >= params.clients && live.receiving_again() >= live.lost(),
+        };
+        if exited_at.is_some() && everyone_back {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -151,12 +189,13 @@ async fn one_run(target: &mut Target, params: &Params, victim: usize) -> anyhow:
         reports.push(report.context("a client task panicked")?);
     }
     if let Some(own) = target.own.as_mut() {
-        let _ = own.stack.gateways[victim].process.wait(Duration::from_secs(30)).await;
+        let _ = own.stack.gateways[plan.victim()].process.wait(Duration::from_secs(30)).await;
     }
     let verdict = chaos::judge(params.clients, &ledger, &reports);
-    let moves = Moves::of(&reports, t0);
+    let moves = Moves::of(&reports, t0, matches!(plan, Plan::Turns { .. }));
     Ok(json!({
         "clients": params.clients,
+        "on_drained_gateway": on_victim,
         "back": moves.back,
         "receiving": moves.receiving,
         "all_back_ms": moves.all_back.map(millis),
@@ -173,19 +212,48 @@ async fn one_run(target: &mut Target, params: &Params, victim: usize) -> anyhow:
     }))
 }
 
-/// Makes sure the other gateway runs (our stack) and returns the victim's
-/// process id.
-async fn bring_up_and_find_victim(target: &mut Target, params: &Params, victim: usize) -> anyhow::Result<u32> {
-    let Some(own) = target.own.as_mut() else {
-        return params.drain_pid.context("no gateway to drain");
-    };
-    let other = 1 - victim;
-    if own.stack.gateways.len() < 2 {
-        own.stack.start_spare(0).await.context("start the second gateway")?;
-    } else {
-        own.stack.restart_gateway(other).await.context("restart the other gateway")?;
+impl Plan {
+    fn victim(self) -> usize {
+        match self {
+            Self::Turns { victim } => victim,
+            Self::Spread => 0,
+        }
     }
-    own.stack.gateways[victim].process.pid().context("the gateway to drain is not running")
+}
+
+/// Makes sure the gateway that takes the clients runs (our stack, in turns)
+/// and returns the victim's process id and admin address.
+async fn bring_up_and_find_victim(
+    target: &mut Target,
+    params: &Params,
+    plan: Plan,
+) -> anyhow::Result<(u32, Option<SocketAddr>)> {
+    let Some(own) = target.own.as_mut() else {
+        return Ok((params.drain_pid.context("no gateway to drain")?, None));
+    };
+    if let Plan::Turns { victim } = plan {
+        let other = 1 - victim;
+        if own.stack.gateways.len() < 2 {
+            own.stack.start_spare(0).await.context("start the second gateway")?;
+        } else {
+            own.stack.restart_gateway(other).await.context("restart the other gateway")?;
+        }
+    }
+    let gateway = &own.stack.gateways[plan.victim()];
+    Ok((gateway.process.pid().context("the gateway to drain is not running")?, Some(gateway.admin)))
+}
+
+/// The sockets a gateway holds, from its `/metrics`.
+async fn sockets_open(admin: SocketAddr) -> anyhow::Result<u64> {
+    let metrics = {
+        let mut client = testkit::http::Client::new(admin);
+        client.get("/metrics").await?.text()
+    };
+    let value = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("warren_gateway_sockets_open "))
+        .context("no warren_gateway_sockets_open")?;
+    Ok(value.trim().parse::<f64>()? as u64)
 }
 
 async fn kill_term(pid: u32) -> anyhow::Result<()> {
@@ -212,13 +280,15 @@ struct Moves {
 }
 
 impl Moves {
-    fn of(reports: &[Report], t0: Instant) -> Self {
+    /// The moves after `t0`; with `everyone`, every client had to move
+    /// (else only those that did are timed).
+    fn of(reports: &[Report], t0: Instant, everyone: bool) -> Self {
         let mut moves = Self::default();
         let (mut back, mut receiving) = (Duration::ZERO, Duration::ZERO);
         let mut all_received = true;
         for report in reports {
             let Some(resume) = report.resumes.iter().find(|r| r.lost_at >= t0) else {
-                all_received = false;
+                all_received &= !everyone;
                 continue;
             };
             moves.back += 1;
@@ -231,9 +301,9 @@ impl Moves {
                 None => all_received = false,
             }
         }
-        let everyone = moves.back == reports.len() && !reports.is_empty();
-        moves.all_back = everyone.then_some(back);
-        moves.all_receiving = (everyone && all_received).then_some(receiving);
+        let all_back = if everyone { moves.back == reports.len() && !reports.is_empty() } else { moves.back > 0 };
+        moves.all_back = all_back.then_some(back);
+        moves.all_receiving = (all_back && all_received).then_some(receiving);
         moves
     }
 }

@@ -2,21 +2,24 @@
 //! same instant. Each handshake includes the gateway's session lookup in
 //! Redis. Reports handshakes per second (C over the time to the last
 //! `welcome`), the time to `welcome` (p50/p90/p99/max), and handshakes per
-//! CPU second of the gateways.
+//! CPU second of the gateways. A client the gateway turns away for
+//! admission (429 or 503) tries again after a growing, jittered pause, as
+//! the page does; the refusals are counted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::clients::{self, Failures, Sources};
+use crate::load::clients::{self, Conn, Failures, Sources};
 use crate::load::histogram::Histogram;
 use crate::load::procs::{self, Meter, round3};
 use crate::load::target::Target;
 use crate::load::{progress, summary};
-use crate::socket::{self, Incoming};
+use crate::socket::Incoming;
 
 /// How long one client may take to get its `welcome`.
 const WELCOME_LIMIT: Duration = Duration::from_secs(60);
@@ -68,22 +71,21 @@ async fn one_run(target: &Target, params: &Params, sources: &Sources, cookies: A
     let release = CancellationToken::new();
     let welcome = Arc::new(Histogram::default());
     let failures = Arc::new(Failures::default());
+    let refused = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
     for index in 0..params.clients {
         let (front, local) = (target.front(index), sources.pick(index));
-        let (cookies, go, release, welcome, failures) =
-            (cookies.clone(), go.clone(), release.clone(), welcome.clone(), failures.clone());
+        let conn = Conn { front, local, cookie: cookies[index].clone() };
+        let (go, release, welcome, failures, refused) =
+            (go.clone(), release.clone(), welcome.clone(), failures.clone(), refused.clone());
         tasks.spawn(async move {
             go.cancelled().await;
             let started = Instant::now();
-            let opened = async {
-                let (mut reader, writer) =
-                    socket::open(front, local, &cookies[index]).await.map_err(|e| e.to_string())?;
-                clients::await_type(&mut reader, "welcome", WELCOME_LIMIT).await?;
-                Ok::<_, String>((reader, writer))
-            };
-            let (mut reader, writer) = match opened.await {
-                Ok(pair) => pair,
+            let (mut reader, writer) = match clients::open_admitted(&conn, WELCOME_LIMIT).await {
+                Ok((reader, writer, turned_away)) => {
+                    refused.fetch_add(u64::from(turned_away), Ordering::Relaxed);
+                    (reader, writer)
+                }
                 Err(reason) => {
                     failures.add(reason);
                     return None;
@@ -130,6 +132,7 @@ async fn one_run(target: &Target, params: &Params, sources: &Sources, cookies: A
         "welcomed": welcomed,
         "failed": failures.total(),
         "failures": failures.snapshot(),
+        "refused": refused.load(Ordering::Relaxed),
         "storm_s": round3(elapsed),
         "handshakes_per_s": (welcomed as f64 / elapsed).round(),
         "time_to_welcome": welcome.summary(),

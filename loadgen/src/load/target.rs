@@ -25,6 +25,11 @@ pub const RAISED_LIMITS: &[(&str, &str)] = &[
     ("GATEWAY_HANDSHAKE_RATE", "1000000"),
 ];
 
+/// The gateway settings of a stack we start with `--shipped-limits`: none
+/// of the limits raised, and HAProxy on loopback trusted for
+/// `X-Forwarded-For`, exactly as `scripts/dev-up` starts it.
+pub const SHIPPED: &[(&str, &str)] = &[("GATEWAY_TRUSTED_PROXIES", "127.0.0.0/8,::1/128")];
+
 /// What to run against.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
@@ -47,6 +52,9 @@ pub struct TargetSpec {
     pub drain_window: Duration,
     /// More processes to measure (`--watch name=pid`).
     pub watch: Vec<Watched>,
+    /// Our stack: the gateways keep their shipped limits ([`SHIPPED`])
+    /// instead of [`RAISED_LIMITS`]: a run as a new user's stack sees it.
+    pub shipped_limits: bool,
     /// Our stack: more gateway environment, after [`RAISED_LIMITS`] (so it
     /// wins), e.g. a smaller `GATEWAY_MAX_QUEUE_BYTES`.
     pub gateway_env: Vec<(String, String)>,
@@ -66,6 +74,7 @@ impl Default for TargetSpec {
             broker_open_files: None,
             drain_window: Duration::from_secs(10),
             watch: Vec::new(),
+            shipped_limits: false,
             gateway_env: Vec::new(),
             admins: Vec::new(),
         }
@@ -123,7 +132,7 @@ impl Target {
             amqp_url: rabbit.as_ref().map(RabbitNode::url),
             spare_gateways: spec.spare_gateways,
             drain_window: Some(spec.drain_window),
-            gateway_env: RAISED_LIMITS
+            gateway_env: (if spec.shipped_limits { SHIPPED } else { RAISED_LIMITS })
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .chain(spec.gateway_env.iter().cloned())
@@ -225,9 +234,13 @@ impl Target {
                     "bridges": spec.bridges,
                     "haproxy": spec.haproxy,
                     "private_services": spec.private_services,
+                    "shipped_limits": spec.shipped_limits,
                     "broker_open_files": spec.broker_open_files,
                     "drain_window_ms": spec.drain_window.as_millis() as u64,
-                    "raised_limits": RAISED_LIMITS.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                    "limits_env": (if spec.shipped_limits { SHIPPED } else { RAISED_LIMITS })
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>(),
                     "gateway_env": spec.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 },
                 "fronts": fronts,

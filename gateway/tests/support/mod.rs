@@ -1,0 +1,25 @@
+//! What more than one integration test needs beyond testkit: a stack of one
+//! gateway with extra environment, and a WebSocket client written by hand
+//! ([`raw`]) for what testkit's well-behaved client will not do.
+
+pub mod raw;
+
+use std::net::SocketAddr;
+
+use testkit::stack::{Extras, Shape, Stack};
+use testkit::ws::{self, Socket};
+
+/// One bridge and one gateway, the gateway run with `env` on top of the
+/// test defaults.
+pub async fn one_gateway(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
+    let gateway_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, Extras { gateway_env, ..Extras::default() })
+        .await
+}
+
+/// Opens a socket with testkit's client and reads its `welcome`.
+pub async fn open(addr: SocketAddr, cookie: &str) -> anyhow::Result<Socket> {
+    let mut socket = ws::connect(addr, Some(cookie), None).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert_eq!(socket.next_json().await?["type"], "welcome");
+    Ok(socket)
+}
