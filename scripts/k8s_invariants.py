@@ -747,6 +747,36 @@ def secrets_come_from_values_or_existing_secrets():
 
 
 @test
+def tls_files_are_mounted_only_from_a_named_secret():
+    """redis.tls and amqp.tls: the Secret's keys as files under /etc/warren/tls, and the variables naming
+    them, in the Deployment of the service's client only; nothing at all without a Secret."""
+    def tls_of(objs: list[dict], comp: str) -> tuple[dict, list, list]:
+        deploy = one(objs, "Deployment", comp)
+        c = container(deploy)
+        env = {e["name"]: e.get("value") for e in c["env"] if "_TLS_" in e["name"]}
+        return env, c.get("volumeMounts", []), deploy["spec"]["template"]["spec"].get("volumes", [])
+    for name in ("default", "dev"):
+        for comp in ("gateway", "bridge"):
+            assert tls_of(rendered(name), comp) == ({}, [], []), f"{name} {comp}: TLS files without a Secret"
+    mount = [{"name": "tls", "mountPath": "/etc/warren/tls", "readOnly": True}]
+    env, mounts, volumes = tls_of(rendered("ha"), "gateway")
+    assert env == {"GATEWAY_TLS_CA_FILE": "/etc/warren/tls/ca.pem", "GATEWAY_TLS_CLIENT_CERT": "/etc/warren/tls/client.crt",
+                   "GATEWAY_TLS_CLIENT_KEY": "/etc/warren/tls/client.key"}, env
+    assert mounts == mount, mounts
+    items = [{"key": "ca.crt", "path": "ca.pem"}, {"key": "tls.crt", "path": "client.crt"}, {"key": "tls.key", "path": "client.key"}]
+    assert volumes == [{"name": "tls", "secret": {"secretName": "warren-redis-tls", "defaultMode": 0o444, "items": items}}], volumes
+    env, mounts, volumes = tls_of(rendered("ha"), "bridge")
+    assert env == {"BRIDGE_TLS_CA_FILE": "/etc/warren/tls/ca.pem"} and mounts == mount, (env, mounts)
+    assert volumes == [{"name": "tls", "secret": {"secretName": "warren-amqp-ca", "defaultMode": 0o444, "items": items[:1]}}], volumes
+    # One service's TLS reaches only its own client.
+    objs = render("--set", "redis.tls.existingSecret=redis-tls")
+    assert tls_of(objs, "gateway")[0] == {"GATEWAY_TLS_CA_FILE": "/etc/warren/tls/ca.pem"}
+    assert tls_of(objs, "bridge") == ({}, [], []), "the bridges do not talk to Redis"
+    fails("--set", "redis.tls.existingSecret=redis-tls,redis.tls.certKey=tls.crt", expect="redis.tls.certKey and redis.tls.keyKey go together")
+    fails("--set", "amqp.tls.existingSecret=ca,amqp.tls.caKey=", expect="neither amqp.tls.caKey nor amqp.tls.certKey")
+
+
+@test
 def config_and_secret_changes_roll_the_pods():
     def checksums(*args):
         objs = render(*args)

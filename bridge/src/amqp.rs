@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use ops::backoff::Backoff;
@@ -21,16 +20,26 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BridgeError;
-use crate::room::{self, Entry, Outgoing, Retention, Start};
+use crate::retention::{self, Retention};
+use crate::room::{self, Entry, Outgoing, Start};
 
 /// How many unacknowledged deliveries one stream consumer may hold. RabbitMQ
 /// refuses stream consumers without a prefetch.
 const PREFETCH: u16 = 256;
 
+/// Where the broker is and how to reach it: its URL and, for `amqps://`,
+/// what to trust and what to show. Its `Debug` shows neither the URL (it
+/// holds the password) nor the client key.
+#[derive(Clone)]
+pub struct Endpoint {
+    url: String,
+    tls: OwnedTLSConfig,
+}
+
 /// The broker, as seen by the rest of the bridge.
 #[derive(Debug)]
 pub struct Broker {
-    url: String,
+    endpoint: Endpoint,
     retention: Retention,
     link: watch::Sender<Option<Arc<Link>>>,
 }
@@ -40,6 +49,8 @@ pub struct Broker {
 pub struct Link {
     connection: Connection,
     publisher: Channel,
+    /// Where declares connect to (see [`Link::declare`]).
+    endpoint: Endpoint,
     retention: Retention,
     /// Partitions whose stream queue was declared on this connection.
     declared: Mutex<HashSet<u16>>,
@@ -47,13 +58,58 @@ pub struct Link {
     blocked: Mutex<Option<String>>,
 }
 
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// The broker at `url`; over TLS with `files` when it is `amqps://`.
+    ///
+    /// lapin loads the system's roots itself (rustls-native-certs) and adds
+    /// the PEM it is given to them, so it is given the extra CA file's
+    /// certificates alone: the bridge trusts the system's and those.
+    ///
+    /// # Errors
+    /// When the TLS files are unusable.
+    pub fn new(url: String, files: &platform::tls::Files) -> Result<Self, platform::tls::TlsError> {
+        let Some(tls) = platform::tls::for_url(&url, files)? else {
+            if !files.is_empty() {
+                tracing::warn!("--tls-* files given but the AMQP URL is not amqps://: they are not used");
+            }
+            return Ok(Self { url, tls: OwnedTLSConfig::default() });
+        };
+        for problem in tls.problems() {
+            tracing::warn!(%problem, "system certificate store");
+        }
+        tracing::info!(trust = %tls, "broker over TLS");
+        let identity = tls.identity().map(|identity| OwnedIdentity::PKCS8 {
+            pem: identity.cert_pem().to_vec(),
+            key: identity.key_pem().to_vec(),
+        });
+        Ok(Self { url, tls: OwnedTLSConfig { identity, cert_chain: tls.extra_pem() } })
+    }
+
+    async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_with_config(&self.url, ConnectionProperties::default(), self.tls.clone(), runtime).await
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("tls", &platform::tls::is_tls_url(&self.url))
+            .field("extra_roots", &self.tls.cert_chain.is_some())
+            .field("client_certificate", &self.tls.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 // === impl Broker ===
 
 impl Broker {
     /// A broker that is not connected yet; [`Broker::run`] connects it.
-    pub fn new(url: String, retention: Retention) -> Arc<Self> {
+    pub fn new(endpoint: Endpoint, retention: Retention) -> Arc<Self> {
         let (link, _) = watch::channel(None);
-        Arc::new(Self { url, retention, link })
+        Arc::new(Self { endpoint, retention, link })
     }
 
     /// Keeps a connection up until `shutdown`, then closes it.
@@ -61,7 +117,7 @@ impl Broker {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut connected_before = false;
         while !shutdown.is_cancelled() {
-            match Link::open(&self.url, self.retention.clone()).await {
+            match Link::open(&self.endpoint, self.retention.clone()).await {
                 Ok(link) => {
                     tracing::info!("connected to the broker");
                     crate::metrics::amqp_connected(true, connected_before);
@@ -121,11 +177,18 @@ impl Broker {
 // === impl Link ===
 
 impl Link {
-    async fn open(url: &str, retention: Retention) -> Result<Self, lapin::Error> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    async fn open(endpoint: &Endpoint, retention: Retention) -> Result<Self, lapin::Error> {
+        let connection = endpoint.connect().await?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Self { connection, publisher, retention, declared: Mutex::new(HashSet::new()), blocked: Mutex::new(None) })
+        Ok(Self {
+            connection,
+            publisher,
+            endpoint: endpoint.clone(),
+            retention,
+            declared: Mutex::new(HashSet::new()),
+            blocked: Mutex::new(None),
+        })
     }
 
     /// Resolves when the connection dies (`true`) or on shutdown (`false`).
@@ -170,13 +233,16 @@ impl Link {
         self.blocked.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Declares a partition's stream queue once per connection.
+    /// Declares a partition's stream queue once per connection: an existing
+    /// one is used as it is, a missing one is created with this bridge's
+    /// retention ([`retention::declare_partition`]), on connections of its
+    /// own, so that a declare the broker refuses never touches this one.
     async fn declare(&self, partition: u16) -> Result<(), BridgeError> {
         if self.declared.lock().unwrap_or_else(PoisonError::into_inner).contains(&partition) {
             return Ok(());
         }
-        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        self.publisher.queue_declare(room::queue_name(partition), options, self.retention.queue_arguments()).await?;
+        let connect = || self.endpoint.connect();
+        retention::declare_partition(connect, room::queue_name(partition), &self.retention).await?;
         self.declared.lock().unwrap_or_else(PoisonError::into_inner).insert(partition);
         Ok(())
     }

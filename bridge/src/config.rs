@@ -1,10 +1,14 @@
 //! The bridge's command line; every flag is also an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use ops::telemetry::LogFormat;
+
+use crate::retention::{self, MaxAge, Retention};
 
 /// `warren-bridge`: publishes chat messages to RabbitMQ streams and streams
 /// rooms back to gateways over gRPC.
@@ -40,20 +44,45 @@ pub struct Config {
     #[arg(skip)]
     pub amqp_service: Option<platform::Service>,
 
+    /// A PEM bundle of CA certificates to trust, on top of the system's, when
+    /// the RabbitMQ URL is `amqps://` (a managed broker's private CA, say).
+    #[arg(long, env = "BRIDGE_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// A PEM client certificate (chain) for an `amqps://` broker that asks
+    /// for one (mutual TLS); goes with `--tls-client-key`.
+    #[arg(long, env = "BRIDGE_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-client-cert`.
+    #[arg(long, env = "BRIDGE_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+
     /// How long a partition keeps its history, and so every room in it
-    /// (RabbitMQ `x-max-age`, e.g. `7D`, `12h`, `30m`).
-    #[arg(long, env = "BRIDGE_STREAM_MAX_AGE", default_value = "7D", value_parser = parse_max_age)]
-    pub stream_max_age: String,
+    /// (RabbitMQ `max-age`, e.g. `7D`, `12h`, `30m`). May change: see
+    /// `--management-url`.
+    #[arg(long, env = "BRIDGE_STREAM_MAX_AGE", default_value = "7D", value_parser = MaxAge::from_str)]
+    pub stream_max_age: MaxAge,
 
     /// The most history a partition keeps, in bytes (RabbitMQ
-    /// `x-max-length-bytes`), shared by its rooms.
+    /// `max-length-bytes`), shared by its rooms.
     #[arg(long, env = "BRIDGE_STREAM_MAX_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub stream_max_bytes: u64,
 
     /// Size of one stream segment file; retention drops whole segments, so
-    /// smaller segments make retention finer.
+    /// smaller segments make retention finer. A change reaches an existing
+    /// partition when its stream restarts (a broker restart).
     #[arg(long, env = "BRIDGE_STREAM_SEGMENT_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub stream_segment_bytes: u64,
+
+    /// RabbitMQ's management HTTP API, e.g. `http://rabbitmq:15672`. Given,
+    /// the bridge sets the retention above as the `warren-retention` policy
+    /// at start-up, so that a change reaches every existing partition; as
+    /// the URL's user, else the AMQP URL's, which needs the `policymaker` (or
+    /// `administrator`) tag. Not given, it logs the `rabbitmqctl` command
+    /// that does it (`docs/design/rooms.md#retention`).
+    #[arg(long, env = "BRIDGE_MANAGEMENT_URL", value_parser = retention::parse_management_url, hide_env_values = true)]
+    pub management_url: Option<url::Url>,
 
     /// How many partition streams hold the rooms. Every bridge of a
     /// deployment must use the same number: it decides which partition holds
@@ -81,9 +110,8 @@ impl Config {
     /// `VCAP_SERVICES`), if there is one.
     ///
     /// # Errors
-    /// clap's error for a bad command line, for a `VCAP_SERVICES` whose
-    /// RabbitMQ cannot be used (several bound, no AMQP URI), or for an
-    /// `amqps://` URL, which this build cannot honour.
+    /// clap's error for a bad command line, or for a `VCAP_SERVICES` whose
+    /// RabbitMQ cannot be used (several bound, no AMQP URI).
     pub fn try_parse_with_platform<I, T>(args: I, vcap_services: Option<&str>) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -100,25 +128,25 @@ impl Config {
                 config.amqp_service = Some(binding.service().clone());
             }
         }
-        // lapin as built here has no TLS: it would speak plain AMQP to an
-        // amqps:// address, credentials included.
-        if config.amqp_url.get(..8).is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqps://")) {
-            let reason = "--amqp-url: amqps:// needs TLS support, which this build of warren-bridge lacks \
-                          (docs/cloudfoundry.md#tls)\n";
-            return Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, reason));
-        }
         Ok(config)
     }
-}
 
-/// RabbitMQ's `x-max-age` syntax: a number and one of Y, M, D, h, m, s.
-fn parse_max_age(value: &str) -> Result<String, String> {
-    let (number, unit) = value.split_at(value.len().saturating_sub(1));
-    let valid_unit = matches!(unit, "Y" | "M" | "D" | "h" | "m" | "s");
-    if valid_unit && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(value.to_owned())
-    } else {
-        Err("expected a number followed by Y, M, D, h, m or s (e.g. 7D)".to_owned())
+    /// What every partition keeps.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: self.stream_max_age.clone(),
+            max_bytes: self.stream_max_bytes,
+            segment_bytes: self.stream_segment_bytes,
+        }
+    }
+
+    /// The TLS files for the broker (used when its URL is `amqps://`).
+    pub fn tls_files(&self) -> platform::tls::Files {
+        platform::tls::Files {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+        }
     }
 }
 
@@ -129,7 +157,8 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let config = Config::try_parse_from(["warren-bridge"]).expect("defaults are valid");
-        assert_eq!(config.stream_max_age, "7D");
+        assert_eq!(config.stream_max_age.as_str(), "7D");
+        assert!(config.management_url.is_none());
         assert_eq!(config.publish_timeout, Duration::from_secs(10));
     }
 
@@ -157,7 +186,17 @@ mod tests {
         assert_eq!(none.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert!(Config::try_parse_with_platform(["warren-bridge"], Some("[")).is_err(), "a malformed document");
         let tls = r#"{"cloudamqp": [{"name": "broker", "credentials": {"uri": "amqps://u:p@h/v"}}]}"#;
-        let refused = Config::try_parse_with_platform(["warren-bridge"], Some(tls)).expect_err("no TLS here");
-        assert!(refused.to_string().contains("amqps:// needs TLS support"), "{refused}");
+        let config = Config::try_parse_with_platform(["warren-bridge"], Some(tls)).expect("amqps:// is taken");
+        assert_eq!(config.amqp_url, "amqps://u:p@h/v");
+        assert!(config.amqp_service.is_some_and(|s| s.tls));
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let pair = ["warren-bridge", "--tls-client-cert", "c.pem", "--tls-client-key", "k.pem"];
+        let config = Config::try_parse_from(pair).expect("parses");
+        assert_eq!(config.tls_files().client_cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(Config::try_parse_from(["warren-bridge", "--tls-client-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["warren-bridge", "--tls-client-key", "k.pem"]).is_err());
     }
 }

@@ -90,4 +90,7 @@ pub enum RunError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The TLS files for the broker are unusable.
+    #[error("broker TLS: {0}")]
+    Tls(#[from] platform::tls::TlsError),
 }

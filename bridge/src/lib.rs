@@ -9,6 +9,7 @@
 //! - [`config`]: the command line.
 //! - [`amqp`]: the broker connection, kept alive across broker restarts.
 //! - [`room`]: how rooms map onto partitions, and their messages.
+//! - [`retention`]: what partitions keep, declared so that it can change.
 //! - [`log`]: one room's index: previous ids, recent messages, repeats.
 //! - [`partition`]: the partition readers, their indexes and routes.
 //! - [`publisher`]: confirmed publishing, ids and de-duplication by cid.
@@ -26,6 +27,7 @@ pub mod log;
 pub mod metrics;
 pub mod partition;
 pub mod publisher;
+pub mod retention;
 pub mod room;
 
 use std::sync::Arc;
@@ -36,37 +38,35 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::Broker;
+use crate::amqp::{Broker, Endpoint};
 use crate::config::Config;
 use crate::error::RunError;
 use crate::grpc::BridgeService;
 use crate::history::History;
 use crate::partition::Partitions;
 use crate::publisher::Publisher;
-use crate::room::{Layout, Retention};
+use crate::retention::Policy;
+use crate::room::Layout;
 
 /// Runs the bridge on bound listeners until `shutdown` is cancelled, then
 /// tells the gateways to move, lets publishes in flight finish (at most
 /// `shutdown_grace`) and closes the broker connection.
 ///
 /// # Errors
-/// When the gRPC server fails.
+/// When the broker's TLS files are unusable, or the gRPC server fails.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     admin: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let retention = Retention {
-        max_age: config.stream_max_age.clone(),
-        max_bytes: config.stream_max_bytes,
-        segment_bytes: config.stream_segment_bytes,
-    };
+    let retention = config.retention();
+    let policy = Policy::new(retention.clone(), &config.amqp_url, config.management_url.as_ref());
     let exporter = ops::metrics::install();
     metrics::describe();
     metrics::amqp_connected(false, false);
-    let max_age = retention.max_age();
-    let broker = Broker::new(config.amqp_url.clone(), retention);
+    let max_age = retention.max_age.duration();
+    let broker = Broker::new(Endpoint::new(config.amqp_url.clone(), &config.tls_files())?, retention);
     // The broker outlives the service so that publishes in flight can finish.
     let broker_token = CancellationToken::new();
     let broker_task = tokio::spawn({
@@ -80,6 +80,10 @@ pub async fn run(
     let readers = TaskTracker::new();
     let partitions = Partitions::new(Layout::new(config.partitions));
     partitions.run(&broker, max_age, &readers, &broker_token);
+    readers.spawn({
+        let token = broker_token.clone();
+        async move { policy.apply(&token).await }
+    });
     let publisher = Arc::new(Publisher::new(broker.clone(), partitions.clone(), config.publish_timeout));
     let history = Arc::new(History::new(broker.clone(), partitions.clone()));
     let service = BridgeService::new(partitions.clone(), publisher, history, tracker.clone(), shutdown.clone());

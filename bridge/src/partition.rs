@@ -104,11 +104,12 @@ impl Partitions {
 
     /// Starts one consumer per partition on `tracker`, and a sweep that
     /// forgets rooms whose newest message is older than `max_age` (the
-    /// stream has dropped them, or soon will); all stop with `shutdown`.
+    /// configured retention: the stream has dropped them, or soon will);
+    /// all stop with `shutdown`.
     pub fn run(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
-        max_age: Option<Duration>,
+        max_age: Duration,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
@@ -116,10 +117,8 @@ impl Partitions {
             let (part, broker, shutdown) = (part.clone(), broker.clone(), shutdown.clone());
             tracker.spawn(async move { part.consume(&broker, &shutdown).await });
         }
-        if let Some(max_age) = max_age {
-            let (partitions, shutdown) = (self.clone(), shutdown.clone());
-            tracker.spawn(async move { partitions.sweep(max_age, &shutdown).await });
-        }
+        let (partitions, shutdown) = (self.clone(), shutdown.clone());
+        tracker.spawn(async move { partitions.sweep(max_age, &shutdown).await });
     }
 
     /// Once a minute, drops the index of rooms past retention, so that the

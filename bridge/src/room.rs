@@ -40,52 +40,6 @@ impl Start {
     }
 }
 
-/// Retention settings for every room's stream, from the command line.
-#[derive(Debug, Clone)]
-pub struct Retention {
-    /// `x-max-age`, e.g. `7D`.
-    pub max_age: String,
-    /// `x-max-length-bytes`.
-    pub max_bytes: u64,
-    /// `x-stream-max-segment-size-bytes`.
-    pub segment_bytes: u64,
-}
-
-impl Retention {
-    /// `max_age` as a duration (a year is 365 days, a month 30), for the
-    /// index to forget rooms the stream has dropped. `None` when unparsable.
-    pub fn max_age(&self) -> Option<std::time::Duration> {
-        let (number, unit) = self.max_age.split_at(self.max_age.len().saturating_sub(1));
-        let seconds: u64 = match unit {
-            "Y" => 365 * 86_400,
-            "M" => 30 * 86_400,
-            "D" => 86_400,
-            "h" => 3_600,
-            "m" => 60,
-            "s" => 1,
-            _ => return None,
-        };
-        Some(std::time::Duration::from_secs(number.parse::<u64>().ok()?.saturating_mul(seconds)))
-    }
-
-    /// The queue arguments that make a room's queue a stream with this retention.
-    pub fn queue_arguments(&self) -> FieldTable {
-        let mut arguments = FieldTable::default();
-        arguments.insert("x-queue-type".into(), AMQPValue::LongString("stream".into()));
-        arguments.insert("x-max-age".into(), AMQPValue::LongString(self.max_age.as_str().into()));
-        arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(saturating_i64(self.max_bytes)));
-        arguments.insert(
-            "x-stream-max-segment-size-bytes".into(),
-            AMQPValue::LongLongInt(saturating_i64(self.segment_bytes)),
-        );
-        arguments
-    }
-}
-
-fn saturating_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 /// Which partitions there are: a fixed number, the same on every bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -262,14 +216,6 @@ mod tests {
     fn start_maps_ids_to_offsets() {
         assert_eq!(Start::After(41).to_offset_arg(), AMQPValue::LongLongInt(41));
         assert_eq!(Start::First.to_offset_arg(), AMQPValue::LongString("first".into()));
-    }
-
-    #[test]
-    fn max_age_as_a_duration() {
-        let retention = |max_age: &str| Retention { max_age: max_age.into(), max_bytes: 1, segment_bytes: 1 };
-        assert_eq!(retention("7D").max_age(), Some(std::time::Duration::from_secs(7 * 86_400)));
-        assert_eq!(retention("90s").max_age(), Some(std::time::Duration::from_secs(90)));
-        assert_eq!(retention("7x").max_age(), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The gateway's command line; every flag is also an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -43,6 +44,20 @@ pub struct Config {
     /// its name and host, never the URL).
     #[arg(skip)]
     pub redis_service: Option<platform::Service>,
+
+    /// A PEM bundle of CA certificates to trust, on top of the system's, when
+    /// the Redis URL is `rediss://` (a managed service's private CA, say).
+    #[arg(long, env = "GATEWAY_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// A PEM client certificate (chain) for a `rediss://` Redis that asks for
+    /// one (mutual TLS); goes with `--tls-client-key`.
+    #[arg(long, env = "GATEWAY_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-client-cert`.
+    #[arg(long, env = "GATEWAY_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
 
     /// Bridges to attach to, comma-separated; the gateway uses one at a time
     /// and moves to the next when it fails.
@@ -233,6 +248,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The TLS files for Redis (used when its URL is `rediss://`).
+    pub fn tls_files(&self) -> platform::tls::Files {
+        platform::tls::Files {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert: self.tls_client_cert.clone(),
+            client_key: self.tls_client_key.clone(),
+        }
+    }
+
     /// The configured secret, or the development one.
     pub fn secret(&self) -> &str {
         self.session_secret.as_deref().unwrap_or(DEV_SESSION_SECRET)
@@ -370,6 +394,17 @@ mod tests {
         }
         let two = r#"{"p.redis": [{"name": "a", "tags": ["redis"]}, {"name": "b", "tags": ["redis"]}]}"#;
         assert!(Config::try_parse_with_platform(["warren-gateway"], Some(two)).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let pair = ["warren-gateway", "--tls-client-cert", "c.pem", "--tls-client-key", "k.pem"];
+        let config = Config::try_parse_from(pair).expect("parses");
+        assert_eq!(config.tls_files().client_key.as_deref(), Some(std::path::Path::new("k.pem")));
+        assert!(Config::try_parse_from(["warren-gateway", "--tls-client-cert", "c.pem"]).is_err());
+        assert!(Config::try_parse_from(["warren-gateway", "--tls-client-key", "k.pem"]).is_err());
+        let ca = Config::try_parse_from(["warren-gateway", "--tls-ca-file", "ca.pem"]).expect("parses");
+        assert!(ca.validate().is_ok() && ca.tls_files().client_cert.is_none());
     }
 
     #[test]

@@ -80,12 +80,15 @@ impl From<SessionError> for HttpError {
 /// Why the gateway process could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The Redis pool could not be built from the URL.
+    /// The Redis client could not be built from the URL.
     #[error("redis: {0}")]
-    Redis(#[from] deadpool_redis::CreatePoolError),
-    /// The presence client could not be built from the Redis URL.
-    #[error("redis (presence): {0}")]
-    Presence(#[from] redis::RedisError),
+    Redis(#[from] redis::RedisError),
+    /// The session pool could not be built.
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::BuildError),
+    /// The TLS files for Redis are unusable.
+    #[error("redis TLS: {0}")]
+    Tls(#[from] platform::tls::TlsError),
     /// A setting is unusable (checked again at start-up).
     #[error("{0}")]
     Config(String),

@@ -10,6 +10,7 @@
 //! - [`api`]: the server API for backends: post, history, presence, disconnect.
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
+//! - [`redis_client`]: the one Redis client (URL and TLS) they all use.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
 //! - [`ws`]: one socket's reader, writer and frame handling.
 //! - [`wire`]: a byte-level guard that refuses unmasked client frames.
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod pages;
 pub mod presence;
 pub mod protocol;
+pub mod redis_client;
 pub mod server;
 pub mod session;
 pub mod upstream;
@@ -71,7 +73,7 @@ use crate::ws::Shared;
 /// and waits for them, at most `shutdown_grace` more.
 ///
 /// # Errors
-/// When the Redis URL is unusable.
+/// When the Redis URL or its TLS files are unusable.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -89,8 +91,8 @@ pub async fn run(
              Set --session-secret / GATEWAY_SESSION_SECRET."
         );
     }
-    let pool =
-        deadpool_redis::Config::from_url(&config.redis_url).create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+    let redis = redis_client::open(&config.redis_url, &config.tls_files())?;
+    let pool = redis_client::pool(&redis)?;
     let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
         .with_cookie_name(&config.session_cookie_name);
 
@@ -102,13 +104,8 @@ pub async fn run(
     let upstream_task = tokio::spawn(upstream.clone().run(rooms, upstream_token.clone()));
 
     let instance: Arc<str> = config.instance_name().into();
-    let (presence, presence_tasks) = Presence::new(
-        &config.redis_url,
-        &instance,
-        config.presence_heartbeat,
-        config.presence_ttl,
-        config.presence_batch,
-    )?;
+    let (presence, presence_tasks) =
+        Presence::new(redis.clone(), &instance, config.presence_heartbeat, config.presence_ttl, config.presence_batch);
     // Like the admin port, presence outlives the drain: its entries stay
     // while the sockets move, and are removed when the gateway exits.
     let presence_token = CancellationToken::new();
@@ -130,11 +127,12 @@ pub async fn run(
     };
     // The admin port outlives the drain: probes must see "not ready" then.
     let admin_token = CancellationToken::new();
-    let admin_task = tokio::spawn(ops::admin::serve(admin, Arc::new(readiness), exporter, admin_token.clone()));
+    let readiness: Arc<dyn ops::admin::Readiness> = Arc::new(readiness);
+    let admin_task = tokio::spawn(ops::admin::serve(admin, readiness.clone(), exporter, admin_token.clone()));
 
     let sockets = Arc::new(Sockets::default());
     let limits = Arc::new(Limits::new(&config));
-    tracker.spawn(logins::follow_logouts(config.redis_url.clone(), sockets.clone(), shutdown.clone()));
+    tracker.spawn(logins::follow_logouts(redis, sockets.clone(), shutdown.clone()));
     let every = config.session_check_interval;
     tracker.spawn(logins::sweep_ended(sessions.clone(), sockets.clone(), every, shutdown.clone()));
     tracker.spawn(forget_idle_limits(limits.clone(), shutdown.clone()));
@@ -164,7 +162,8 @@ pub async fn run(
         limits,
         tracker: tracker.clone(),
     };
-    let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone(), api });
+    let readiness = server::Readiness(readiness);
+    let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone(), api, readiness });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");
     let serving = tokio::spawn(server::serve(listener, app, shutdown.clone(), config.shutdown_grace));
 

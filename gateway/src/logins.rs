@@ -17,10 +17,10 @@ use crate::session::{DISCONNECT_CHANNEL, LOGOUT_CHANNEL, LoginId, SessionStore};
 
 /// Listens for logout announcements until `shutdown`, reconnecting to Redis
 /// with backoff when the subscription breaks.
-pub async fn follow_logouts(redis_url: String, sockets: Arc<Sockets>, shutdown: CancellationToken) {
+pub async fn follow_logouts(client: redis::Client, sockets: Arc<Sockets>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
-        match listen(&redis_url, &sockets, &shutdown, &mut backoff).await {
+        match listen(&client, &sockets, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(%error, "logout subscription lost; resubscribing"),
         }
@@ -32,12 +32,12 @@ pub async fn follow_logouts(redis_url: String, sockets: Arc<Sockets>, shutdown: 
 }
 
 async fn listen(
-    redis_url: &str,
+    client: &redis::Client,
     sockets: &Sockets,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), redis::RedisError> {
-    let mut pubsub = redis::Client::open(redis_url)?.get_async_pubsub().await?;
+    let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&[LOGOUT_CHANNEL, DISCONNECT_CHANNEL]).await?;
     backoff.reset();
     let mut messages = pubsub.on_message();

@@ -148,26 +148,22 @@ pub struct Tasks {
 // === impl Presence ===
 
 impl Presence {
-    /// Presence for the gateway `instance`, beating every `heartbeat` with a
-    /// TTL of `ttl` and sending changes every `batch`; nothing runs until
-    /// [`Tasks::run`].
-    ///
-    /// # Errors
-    /// When the Redis URL is unusable.
+    /// Presence for the gateway `instance` on the Redis of `client`, beating
+    /// every `heartbeat` with a TTL of `ttl` and sending changes every
+    /// `batch`; nothing runs until [`Tasks::run`].
     pub fn new(
-        redis_url: &str,
+        client: redis::Client,
         instance: &str,
         heartbeat: Duration,
         ttl: Duration,
         batch: Duration,
-    ) -> Result<(Arc<Self>, Tasks), redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
+    ) -> (Arc<Self>, Tasks) {
         let (tx, rx) = mpsc::unbounded_channel();
         let presence = Arc::new(Self { local: Mutex::default(), ops: tx, draining: AtomicBool::new(false) });
         let suffix: u32 = rand::random();
         let keys = Keys::new(format!("{instance}~{suffix:08x}").into());
         let tasks = Tasks { presence: presence.clone(), ops: rx, client, keys, heartbeat, ttl, batch };
-        Ok((presence, tasks))
+        (presence, tasks)
     }
 
     fn lock(&self) -> MutexGuard<'_, Local> {
@@ -532,7 +528,8 @@ mod tests {
 
     fn presence() -> (Arc<Presence>, Tasks) {
         let second = Duration::from_secs(1);
-        Presence::new("redis://127.0.0.1:1", "gw", second, second * 3, second).expect("url")
+        let client = redis::Client::open("redis://127.0.0.1:1").expect("url");
+        Presence::new(client, "gw", second, second * 3, second)
     }
 
     /// A socket's mailbox, and the same mailbox as its writer reads it.

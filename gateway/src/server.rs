@@ -9,6 +9,7 @@
 //! | `GET /ws` | the upgrade; `401` without a session, `403` for a foreign `Origin` |
 //! | `GET /assets/*` | the page's script and styles |
 //! | `/api/v1/*` | the server API, for backends (see [`crate::api`]) |
+//! | `GET /healthz`, `GET /readyz` | as on the admin port, for platforms whose health checks reach only the public port (Cloud Foundry) |
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +57,18 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     /// The server API (off without a token).
     pub api: Api,
+    /// What `/readyz` answers (the admin port's check).
+    pub readiness: Readiness,
+}
+
+/// The admin port's readiness check, answered on the public port too.
+#[derive(Clone)]
+pub struct Readiness(pub Arc<dyn ops::admin::Readiness>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness(..)")
+    }
 }
 
 /// Accepts connections until `shutdown`, then lets requests in flight finish
@@ -122,6 +135,11 @@ impl App {
                 tracing::Instrument::instrument(self.upgrade(request, peer), span).await
             }
             (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
+            (&Method::GET, "/healthz") => Ok(plain(StatusCode::OK, "ok")),
+            (&Method::GET, "/readyz") => Ok(match self.readiness.0.check() {
+                Ok(()) => plain(StatusCode::OK, "ready"),
+                Err(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, &reason),
+            }),
             (_, path) if path.starts_with(api::PREFIX) => return self.api.handle(request).await,
             (_, "/" | "/login" | "/logout" | "/session" | "/ws") => Err(HttpError::MethodNotAllowed),
             _ => Err(HttpError::NotFound),
@@ -298,6 +316,14 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
     let headers = reply.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
+}
+
+fn plain(status: StatusCode, text: &str) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    reply.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     reply
 }
 

@@ -189,14 +189,6 @@ async fn the_api_is_off_without_a_token() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn closed_with(socket: &mut ws::Socket) -> anyhow::Result<(u16, String)> {
-    loop {
-        if let ws::Event::Close(code, reason) = socket.next_event().await? {
-            return Ok((code, reason));
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_disconnect_closes_the_user_everywhere_and_can_end_the_sessions() -> anyhow::Result<()> {
     let stack = stack_with_api(2).await?;
@@ -213,7 +205,7 @@ async fn a_disconnect_closes_the_user_everywhere_and_can_end_the_sessions() -> a
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()?["sessions_ended"], 0);
     for socket in [&mut on_one, &mut on_two] {
-        assert_eq!(closed_with(socket).await?, (1008, "disconnected by the server".to_owned()));
+        assert_eq!(socket.closed_with().await?, (1008, "disconnected by the server".to_owned()));
     }
     bystander.send(&json!({"type": "ping"})).await?;
     assert_eq!(bystander.next_of_type("pong").await?["type"], "pong", "another user's socket stays");
@@ -228,7 +220,7 @@ async fn a_disconnect_closes_the_user_everywhere_and_can_end_the_sessions() -> a
     // sessions end first (a logout each), so the close says so.
     let reply = api(stack.front(), Method::POST, &path, Some(&json!({"end_sessions": true}))).await?;
     assert_eq!(reply.json()?["sessions_ended"], 2, "both logins of the user");
-    assert_eq!(closed_with(&mut back).await?, (1008, "session ended".to_owned()));
+    assert_eq!(back.closed_with().await?, (1008, "session ended".to_owned()));
     assert_eq!(first.get("/session").await?.status, StatusCode::UNAUTHORIZED);
     match ws::connect(stack.gateways[1].addr, Some(&cookie), None).await {
         Err(Refused::Status(status)) => assert_eq!(status, 401),

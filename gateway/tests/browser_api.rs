@@ -10,117 +10,32 @@
 //! is called on another gateway than the page's, so the disconnect crosses
 //! gateways.
 
+#[path = "support/node_script.rs"]
+mod node_script;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
+use node_script::NodeScript;
 use serde_json::{Value, json};
 use testkit::http::{Client, Reply};
-use testkit::stack::{Extras, Shape, Stack, repo_root};
+use testkit::stack::{Extras, Shape, Stack};
 use testkit::ws::{self, Refused};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::task::JoinHandle;
 
 /// The gateways' API token.
 const TOKEN: &str = "browser-api-test-token-0123456789abcdef";
 /// The whole test, stack included.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-/// The longest wait for one line of the script (it gives up after 60 s).
-const LINE_TIMEOUT: Duration = Duration::from_secs(65);
 /// The reasons of the 1008 close a disconnect with `end_sessions` brings:
 /// ending the sessions publishes their logout first, so the sockets usually
 /// close as after a logout ("session ended"), before the disconnect notice.
 const CLOSE_REASONS: [&str; 2] = ["session ended", "disconnected by the server"];
 /// How long the presence API may take to show a join or a leave.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `node api.mjs`, with its stdout read line by line and kept for messages.
-struct Script {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: Option<JoinHandle<String>>,
-    transcript: Vec<String>,
-}
-
-impl Script {
-    fn spawn(url: &str, room: &str) -> anyhow::Result<Self> {
-        let dir = repo_root().join("gateway/tests/js");
-        anyhow::ensure!(
-            dir.join("node_modules").is_dir(),
-            "Node packages missing: run `npm ci` in gateway/tests/js (scripts/test does)"
-        );
-        let mut child = Command::new("node")
-            .args(["api.mjs", "--url", url, "--room", room])
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("run node")?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut stderr = child.stderr.take().context("stderr")?;
-        let stderr = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text).await;
-            text
-        });
-        Ok(Self { child, stdin, stdout, stderr: Some(stderr), transcript: Vec::new() })
-    }
-
-    /// Reads lines until a JSON object with `key` (or, with `None`, to the
-    /// end, which must follow "api e2e: ok"); fails when the script fails.
-    async fn expect(&mut self, key: Option<&str>) -> anyhow::Result<Value> {
-        loop {
-            let line = match tokio::time::timeout(LINE_TIMEOUT, self.stdout.next_line()).await {
-                Ok(line) => line?,
-                Err(_) => bail!("api.mjs said nothing for {LINE_TIMEOUT:?}{}", self.context().await),
-            };
-            let Some(line) = line else {
-                let ok = self.transcript.last().is_some_and(|last| last == "api e2e: ok");
-                let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await??;
-                if key.is_none() && ok && status.success() {
-                    return Ok(Value::Null);
-                }
-                bail!("api.mjs ended ({status}) while the test waited for {key:?}{}", self.context().await);
-            };
-            println!("api.mjs: {line}");
-            self.transcript.push(line.clone());
-            if line.starts_with("api e2e: FAILED") {
-                bail!("{line}{}", self.context().await);
-            }
-            if let (Some(key), Ok(value)) = (key, serde_json::from_str::<Value>(&line))
-                && value.get(key).is_some()
-            {
-                return Ok(value);
-            }
-        }
-    }
-
-    /// Writes one JSON line to the script.
-    async fn tell(&mut self, value: &Value) -> anyhow::Result<()> {
-        self.stdin.write_all(format!("{value}\n").as_bytes()).await.context("write to api.mjs")?;
-        self.stdin.flush().await.context("write to api.mjs")
-    }
-
-    /// What the script said, for a failure message (kills it first, so that
-    /// its stderr ends).
-    async fn context(&mut self) -> String {
-        let _ = self.child.start_kill();
-        let stderr = match self.stderr.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(5), task).await.ok().and_then(Result::ok),
-            None => None,
-        };
-        format!("\n--- stdout:\n{}\n--- stderr:\n{}", self.transcript.join("\n"), stderr.unwrap_or_default())
-    }
-}
 
 /// One API call with the bearer token.
 async fn api(addr: SocketAddr, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Reply> {
@@ -164,11 +79,12 @@ async fn post_then_disconnect() -> anyhow::Result<()> {
     let extras = Extras { gateway_env: vec![("GATEWAY_API_TOKEN".to_owned(), TOKEN.to_owned())], ..Extras::default() };
     let stack = Stack::start_with(Shape { bridges: 1, gateways: 2, haproxy: true }, extras).await?;
     let room = testkit::unique("api-page");
-    let mut script = Script::spawn(&format!("http://{}", stack.front()), &room)?;
+    let url = format!("http://{}", stack.front());
+    let mut script = NodeScript::spawn("api.mjs", &["--url", &url, "--room", &room])?;
 
     // The page is logged in, in the room, on some gateway; the backend calls
     // the other one.
-    let ready = script.expect(Some("ready")).await?;
+    let ready = script.expect("ready").await?;
     let user = ready["user"].as_str().context("ready without user")?.to_owned();
     let instance = ready["instance"].as_str().context("ready without instance")?;
     let backend = stack.gateways.iter().find(|g| g.instance != instance).context("no other gateway")?.addr;
@@ -180,8 +96,8 @@ async fn post_then_disconnect() -> anyhow::Result<()> {
     let id = api(backend, Method::POST, &format!("/api/v1/rooms/{room}/messages"), Some(&post)).await?.json()?["id"]
         .as_u64()
         .context("a post answers an id")?;
-    script.tell(&json!({"posted": text, "id": id, "by": "billing-bot"})).await?;
-    let shown = script.expect(Some("shown")).await?;
+    script.send(&json!({"posted": text, "id": id, "by": "billing-bot"})).await?;
+    let shown = script.expect("shown").await?;
     let cookie = shown["cookie"].as_str().context("the page has no session cookie")?.to_owned();
     // The cookie is live: a socket of our own on it, on the backend's gateway
     // (no `GET /session`: that would replace the page's session id).
@@ -196,7 +112,7 @@ async fn post_then_disconnect() -> anyhow::Result<()> {
             .json()?;
     assert_eq!(ended["user"], user.as_str());
     assert_eq!(ended["sessions_ended"], 1, "the page's one login: {ended}");
-    script.tell(&json!({"disconnected": true})).await?;
+    script.send(&json!({"disconnected": true})).await?;
     loop {
         if let ws::Event::Close(code, reason) = probe.next_event().await? {
             assert_eq!(code, 1008, "the probe's close");
@@ -207,7 +123,7 @@ async fn post_then_disconnect() -> anyhow::Result<()> {
 
     // The page: its socket closed with 1008, one session check refused, no
     // socket since, and the login page on screen.
-    let out = script.expect(Some("logged_out")).await?["logged_out"].clone();
+    let out = script.expect("logged_out").await?["logged_out"].clone();
     assert_eq!(out["close"]["code"], 1008, "the page's socket close: {out}");
     assert!(out["close"]["reason"].as_str().is_some_and(|r| CLOSE_REASONS.contains(&r)), "{out}");
     assert!(
@@ -219,7 +135,7 @@ async fn post_then_disconnect() -> anyhow::Result<()> {
     assert_eq!(out["title"], "Warren · sign in", "{out}");
     assert_eq!(out["login_form"], true, "{out}");
     assert_eq!(out["chat"], false, "the chat is still on the page: {out}");
-    script.expect(None).await?;
+    script.finish().await?;
 
     // The cookie the page had is dead on every gateway, for both doors.
     for gateway in &stack.gateways {

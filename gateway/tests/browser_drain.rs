@@ -9,133 +9,22 @@
 //! directly on another gateway, not through HAProxy, so it is never on the
 //! one that drains.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+#[path = "support/node_script.rs"]
+mod node_script;
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use node_script::NodeScript;
 use serde_json::{Value, json};
 use testkit::http::Client;
-use testkit::stack::{Shape, Stack, repo_root};
+use testkit::stack::{Shape, Stack};
 use testkit::ws;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::task::JoinHandle;
 
 /// The whole test, stack included.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-/// The longest wait for one line of the script (it gives up after 60 s).
-const LINE_TIMEOUT: Duration = Duration::from_secs(65);
 /// Messages the sender sends while the page is between sockets.
 const GAP_MESSAGES: usize = 5;
-
-fn js_dir() -> PathBuf {
-    repo_root().join("gateway/tests/js")
-}
-
-/// `node drain.mjs`, with its stdout read line by line and kept for messages.
-struct Script {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-    stderr: Option<JoinHandle<String>>,
-    transcript: Vec<String>,
-}
-
-impl std::fmt::Debug for Script {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Script").field("transcript", &self.transcript).finish_non_exhaustive()
-    }
-}
-
-impl Script {
-    fn spawn(url: &str, room: &str) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            js_dir().join("node_modules").is_dir(),
-            "Node packages missing: run `npm ci` in gateway/tests/js (scripts/test does)"
-        );
-        let mut child = Command::new("node")
-            .args(["drain.mjs", "--url", url, "--room", room])
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("run node")?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut stderr = child.stderr.take().context("stderr")?;
-        let stderr = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text).await;
-            text
-        });
-        Ok(Self { child, stdin, stdout, stderr: Some(stderr), transcript: Vec::new() })
-    }
-
-    /// The next stdout line, or `None` at its end.
-    async fn line(&mut self) -> anyhow::Result<Option<String>> {
-        let line = tokio::time::timeout(LINE_TIMEOUT, self.stdout.next_line()).await;
-        let line = match line {
-            Ok(line) => line?,
-            Err(_) => bail!("drain.mjs said nothing for {LINE_TIMEOUT:?}{}", self.context().await),
-        };
-        if let Some(line) = &line {
-            println!("drain.mjs: {line}");
-            self.transcript.push(line.clone());
-        }
-        Ok(line)
-    }
-
-    /// Reads lines until a JSON object with `key`; fails when the script
-    /// fails or ends first.
-    async fn expect(&mut self, key: &str) -> anyhow::Result<Value> {
-        loop {
-            let Some(line) = self.line().await? else {
-                bail!("drain.mjs ended while the test waited for {key:?}{}", self.context().await);
-            };
-            if line.starts_with("drain e2e: FAILED") {
-                bail!("{line}{}", self.context().await);
-            }
-            if let Ok(value) = serde_json::from_str::<Value>(&line)
-                && value.get(key).is_some()
-            {
-                return Ok(value);
-            }
-        }
-    }
-
-    /// Writes one JSON line to the script.
-    async fn tell(&mut self, value: &Value) -> anyhow::Result<()> {
-        self.stdin.write_all(format!("{value}\n").as_bytes()).await.context("write to drain.mjs")?;
-        self.stdin.flush().await.context("write to drain.mjs")
-    }
-
-    /// Reads to the end and checks the script passed.
-    async fn finish(mut self) -> anyhow::Result<()> {
-        let mut ok = false;
-        while let Some(line) = self.line().await? {
-            ok |= line == "drain e2e: ok";
-        }
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.context("node exit")??;
-        if !ok || !status.success() {
-            bail!("drain.mjs did not pass ({status}){}", self.context().await);
-        }
-        Ok(())
-    }
-
-    /// What the script said, for a failure message (kills it first, so that
-    /// its stderr ends).
-    async fn context(&mut self) -> String {
-        let _ = self.child.start_kill();
-        let stderr = match self.stderr.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(5), task).await.ok().and_then(Result::ok),
-            None => None,
-        };
-        format!("\n--- stdout:\n{}\n--- stderr:\n{}", self.transcript.join("\n"), stderr.unwrap_or_default())
-    }
-}
 
 #[tokio::test]
 async fn the_page_moves_to_another_gateway_when_its_own_drains() -> anyhow::Result<()> {
@@ -145,7 +34,8 @@ async fn the_page_moves_to_another_gateway_when_its_own_drains() -> anyhow::Resu
 async fn drain_under_the_page() -> anyhow::Result<()> {
     let mut stack = Stack::start(Shape { bridges: 1, gateways: 3, haproxy: true }).await?;
     let room = testkit::unique("drain");
-    let mut script = Script::spawn(&format!("http://{}", stack.front()), &room)?;
+    let url = format!("http://{}", stack.front());
+    let mut script = NodeScript::spawn("drain.mjs", &["--url", &url, "--room", &room])?;
 
     // The page is logged in, in the room, on some gateway.
     let ready = script.expect("ready").await?;
@@ -165,7 +55,7 @@ async fn drain_under_the_page() -> anyhow::Result<()> {
     sender.join(&room, None).await?;
     let before = format!("before the drain {}", testkit::unique("m"));
     sender.send_message(&room, &before, "before").await?;
-    script.tell(&json!({ "before": before })).await?;
+    script.send(&json!({ "before": before })).await?;
     script.expect("seen_before").await?;
 
     // SIGTERM the page's gateway; once the page has let go of it, send.
@@ -179,7 +69,7 @@ async fn drain_under_the_page() -> anyhow::Result<()> {
         sender.send_message(&room, &text, &format!("gap-{n}")).await?;
         sent.push(text);
     }
-    script.tell(&json!({ "sent": sent })).await?;
+    script.send(&json!({ "sent": sent })).await?;
 
     // Back on another gateway, the typed message acked; then a fence after
     // everything, so that both sides can count.
@@ -187,7 +77,7 @@ async fn drain_under_the_page() -> anyhow::Result<()> {
     assert_ne!(back["reconnected"], first.as_str(), "the page came back to the gateway that drains");
     let fence = format!("fence {}", testkit::unique("m"));
     let fence_id = sender.send_message(&room, &fence, "fence").await?;
-    script.tell(&json!({ "fence": fence })).await?;
+    script.send(&json!({ "fence": fence })).await?;
     script.finish().await?;
 
     // Delivered once: the room as the sender saw it, live, up to the fence.

@@ -114,14 +114,6 @@ async fn sockets_need_a_valid_session_and_an_allowed_origin() -> anyhow::Result<
     Ok(())
 }
 
-async fn closed_with(socket: &mut ws::Socket) -> anyhow::Result<(u16, String)> {
-    loop {
-        if let ws::Event::Close(code, reason) = socket.next_event().await? {
-            return Ok((code, reason));
-        }
-    }
-}
-
 #[tokio::test]
 async fn logout_closes_the_login_sockets_on_every_gateway() -> anyhow::Result<()> {
     let stack = Stack::start(Shape { bridges: 1, gateways: 2, haproxy: false }).await?;
@@ -148,7 +140,7 @@ async fn logout_closes_the_login_sockets_on_every_gateway() -> anyhow::Result<()
     browser.addr = one;
     assert_eq!(browser.request(http::Method::POST, "/logout", None).await?.status, StatusCode::SEE_OTHER);
     for socket in [&mut on_one, &mut on_two] {
-        assert_eq!(closed_with(socket).await?, (1008, "session ended".to_owned()));
+        assert_eq!(socket.closed_with().await?, (1008, "session ended".to_owned()));
     }
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(2), "closed everywhere in {took:?}");
@@ -176,7 +168,7 @@ async fn an_expired_login_has_its_sockets_closed() -> anyhow::Result<()> {
     let raw: String = redis.get(format!("sess:{}", sid_of(&cookie)?)).await?;
     let login = serde_json::from_str::<serde_json::Value>(&raw)?["login"].as_str().context("login id")?.to_owned();
     let _: () = redis.del(&[format!("sess:{}", sid_of(&cookie)?), format!("warren:login:{login}")]).await?;
-    assert_eq!(closed_with(&mut socket).await?, (1008, "session ended".to_owned()));
+    assert_eq!(socket.closed_with().await?, (1008, "session ended".to_owned()));
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //! - [`redis`]: which instances are Redis, and their URL (`redis://`, `rediss://`).
 //! - [`rabbitmq`]: which instances are RabbitMQ, and their URL (`amqp://`, `amqps://`).
 //! - [`error`]: what can be wrong with the document or an instance.
+//! - [`tls`]: TLS to those services: the roots trusted (the system's and an
+//!   extra CA file) and the client certificate shown, for both binaries.
 //!
 //! Passwords stay inside [`Binding::url`]: the binding's `Debug` hides them,
 //! errors never quote a credential, and [`Service`] (what a binary logs) holds
@@ -17,6 +19,7 @@
 pub mod error;
 pub mod rabbitmq;
 pub mod redis;
+pub mod tls;
 pub mod vcap;
 
 use std::fmt;
@@ -74,7 +77,7 @@ pub struct Binding {
 
 impl Binding {
     fn new(url: Url, name: &str, label: &str) -> Self {
-        let tls = matches!(url.scheme(), "rediss" | "amqps");
+        let tls = tls::is_tls_url(url.as_str());
         let service = Service {
             name: name.to_owned(),
             label: label.to_owned(),

@@ -10,8 +10,8 @@
 //! 3. `uris` (Tanzu RabbitMQ: one per node; the first is used),
 //! 4. `protocols.amqp.uri` (Tanzu RabbitMQ).
 //!
-//! An `amqps://` URL needs an AMQP client built with TLS support
-//! (docs/cloudfoundry.md).
+//! An `amqps://` URL is reached over TLS, with the roots of [`crate::tls`]
+//! (docs/cloudfoundry.md#tls).
 
 use url::Url;
 

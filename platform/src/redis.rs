@@ -10,8 +10,8 @@
 //!    - else `tls_enabled` or `tls` true: `rediss://` on `port`;
 //!    - else `redis://` on `port` (6379 when absent).
 //!
-//! TLS is preferred whenever the broker offers it: a `rediss://` URL needs a
-//! Redis client built with TLS support (docs/cloudfoundry.md).
+//! TLS is preferred whenever the broker offers it: a `rediss://` URL is
+//! reached over TLS, with the roots of [`crate::tls`] (docs/cloudfoundry.md#tls).
 
 use std::net::Ipv6Addr;
 

@@ -7,11 +7,14 @@
 //! - [`ws`]: a WebSocket client speaking the JSON protocol.
 //! - [`services`]: private Redis and RabbitMQ servers on free loopback ports,
 //!   to stop, kill and restart (chaos tests); the shared ones stay untouched.
+//! - [`pki`] (feature `pki`): a throwaway CA and certificates, for TLS tests.
 //!
 //! The binaries come from the same `target/` directory as the test (build
 //! them first: `cargo build --workspace`), or from `WARREN_BIN_DIR`.
 
 pub mod http;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod services;
 pub mod stack;
 pub mod ws;

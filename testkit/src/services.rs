@@ -1,6 +1,9 @@
 //! Private Redis and RabbitMQ servers on free loopback ports, for tests that
 //! stop, kill and restart them: the shared ones (6379, 5672) are never touched.
 //!
+//! Either can serve TLS instead of (Redis) or beside (RabbitMQ) plain TCP,
+//! with the certificates of a [`ServerTls`] (made by `testkit::pki`).
+//!
 //! Each server is a child process of the test, started in the foreground, so
 //! it is stopped and killed by the PID the test started. Dropping a handle
 //! kills the server (SIGKILL: its data is thrown away with its directory).
@@ -33,6 +36,20 @@ const RABBIT_STOP: Duration = Duration::from_secs(30);
 /// How long Redis may take to answer or to exit.
 const REDIS_WAIT: Duration = Duration::from_secs(10);
 
+/// A private server's TLS: its certificate and key, and the CA it checks
+/// client certificates against.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA client certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// Whether a client must show a certificate (mutual TLS).
+    pub require_client_cert: bool,
+}
+
 // === Redis ===
 
 /// A private `redis-server` on a free loopback port (its data in an append-only file in a scratch dir), killed
@@ -40,6 +57,7 @@ const REDIS_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    tls: Option<ServerTls>,
     child: Option<Child>,
     dir: ScratchDir,
 }
@@ -50,15 +68,29 @@ impl RedisServer {
     /// # Errors
     /// When it cannot be spawned or does not answer within 10 s.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_on(None).await
+    }
+
+    /// Starts a `redis-server` that speaks TLS only (`--port 0 --tls-port
+    /// PORT`) and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When it cannot be spawned or does not listen within 10 s.
+    pub async fn start_tls(tls: ServerTls) -> anyhow::Result<Self> {
+        Self::start_on(Some(tls)).await
+    }
+
+    async fn start_on(tls: Option<ServerTls>) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("warren-redis")?;
-        let mut server = Self { port: free_port()?, child: None, dir };
+        let mut server = Self { port: free_port()?, tls, child: None, dir };
         server.spawn().await?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or `rediss://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Its address.
@@ -112,9 +144,22 @@ impl RedisServer {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = self.dir.path.join("redis.log");
+        let port = self.port.to_string();
         let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", if tls.require_client_cert { "yes" } else { "no" }]),
+        };
         command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             // An append-only file in its scratch dir, so that sessions survive
             // `stop` + `start_again` as they would a production restart.
             .args(["--save", "", "--appendonly", "yes", "--daemonize", "no", "--protected-mode", "yes"])
@@ -125,7 +170,12 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + REDIS_WAIT;
         loop {
-            if redis_ping(self.addr()).await {
+            // Over TLS, accepting is enough: the test's own client is the check.
+            let answers = match self.tls {
+                None => redis_ping(self.addr()).await,
+                Some(_) => TcpStream::connect(self.addr()).await.is_ok(),
+            };
+            if answers {
                 return Ok(());
             }
             self.check_running(&log)?;
@@ -171,14 +221,18 @@ async fn redis_ping(addr: SocketAddr) -> bool {
 // === RabbitMQ ===
 
 /// A private RabbitMQ node: its own node name (`warren-<random>@localhost`),
-/// AMQP and distribution ports, config, plugins file (no plugins), Erlang
-/// cookie and mnesia/log directories, all under a scratch directory. Killed
-/// on drop.
+/// AMQP and distribution ports, config, plugins file (none, or the
+/// management plugin), Erlang cookie and mnesia/log directories, all under a
+/// scratch directory. Killed on drop.
 #[derive(Debug)]
 pub struct RabbitNode {
     node: String,
     options: NodeOptions,
     port: u16,
+    /// The TLS listener's port, when [`NodeOptions::tls`] is set.
+    tls_port: Option<u16>,
+    /// The management API's port, when [`NodeOptions::management`] is set.
+    management_port: Option<u16>,
     dist_port: u16,
     bin_dir: PathBuf,
     child: Option<Child>,
@@ -188,8 +242,9 @@ pub struct RabbitNode {
     dir: ScratchDir,
 }
 
-/// Limits a private node starts with, to see Warren under a short broker.
-#[derive(Debug, Clone, Copy, Default)]
+/// Limits a private node starts with, to see Warren under a short broker,
+/// and its TLS listener.
+#[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
     /// The open-files limit of the node's process (`ulimit -n`).
     pub open_files: Option<u32>,
@@ -198,6 +253,11 @@ pub struct NodeOptions {
     /// Start with the memory alarm on (a high watermark of 1 MB): the node
     /// blocks every connection that publishes.
     pub memory_alarm: bool,
+    /// A TLS listener (AMQPS) on a port of its own, beside the plain one.
+    pub tls: Option<ServerTls>,
+    /// The management plugin, its HTTP API on a port of its own (adds about
+    /// a second to the boot).
+    pub management: bool,
 }
 
 impl RabbitNode {
@@ -219,6 +279,8 @@ impl RabbitNode {
         let dir = ScratchDir::new("warren-rabbit")?;
         let node = format!("{}@localhost", crate::unique("warren"));
         let (port, dist_port) = (free_port()?, free_port()?);
+        let tls_port = options.tls.as_ref().map(|_| free_port()).transpose()?;
+        let management_port = options.management.then(free_port).transpose()?;
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(dir.path.join(sub))?;
         }
@@ -235,8 +297,27 @@ impl RabbitNode {
             config =
                 config.replace("vm_memory_high_watermark.relative = 0.4", "vm_memory_high_watermark.absolute = 1MB");
         }
+        if let (Some(tls), Some(tls_port)) = (&options.tls, tls_port) {
+            let verify = if tls.require_client_cert { "verify_peer" } else { "verify_none" };
+            config.push_str(&format!(
+                "listeners.ssl.1 = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {}\n",
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display(),
+                tls.require_client_cert,
+            ));
+        }
+        if let Some(management_port) = management_port {
+            config.push_str(&format!("management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"));
+        }
         std::fs::write(dir.path.join("rabbitmq.conf"), config)?;
-        std::fs::write(dir.path.join("enabled_plugins"), "[].\n")?;
+        let plugins = if options.management { "[rabbitmq_management].\n" } else { "[].\n" };
+        std::fs::write(dir.path.join("enabled_plugins"), plugins)?;
         // Our own (empty) env file, not /etc/rabbitmq/rabbitmq-env.conf.
         std::fs::write(dir.path.join("rabbitmq-env.conf"), "")?;
         let cookie: String = (0..20).map(|_| char::from(b'A' + rand::random_range(0..26_u8))).collect();
@@ -246,7 +327,18 @@ impl RabbitNode {
             .mode(0o600)
             .open(dir.path.join("home/.erlang.cookie"))?
             .write_all(cookie.as_bytes())?;
-        let mut rabbit = Self { node, options, port, dist_port, bin_dir, child: None, beam_pid: None, dir };
+        let mut rabbit = Self {
+            node,
+            options,
+            port,
+            tls_port,
+            management_port,
+            dist_port,
+            bin_dir,
+            child: None,
+            beam_pid: None,
+            dir,
+        };
         rabbit.spawn().await?;
         Ok(rabbit)
     }
@@ -254,6 +346,33 @@ impl RabbitNode {
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:TLS_PORT/%2f`, when it has a TLS listener.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|port| format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
+    }
+
+    /// `http://guest:guest@127.0.0.1:PORT`, its management API, when
+    /// started with [`NodeOptions::management`].
+    pub fn management_url(&self) -> Option<String> {
+        self.management_port.map(|port| format!("http://guest:guest@127.0.0.1:{port}"))
+    }
+
+    /// `GET /api/{path}` from its management API, as guest, in JSON.
+    ///
+    /// # Errors
+    /// When it was started without the API, or the API does not answer 200.
+    pub async fn management_get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let port = self.management_port.context("started without the management plugin")?;
+        let request = http::Request::get(format!("/api/{path}"))
+            .header(http::header::HOST, format!("127.0.0.1:{port}"))
+            // guest:guest
+            .header(http::header::AUTHORIZATION, "Basic Z3Vlc3Q6Z3Vlc3Q=")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let reply = crate::http::send(SocketAddr::from(([127, 0, 0, 1], port)), request).await?;
+        ensure!(reply.status == http::StatusCode::OK, "GET /api/{path}: {} {}", reply.status, reply.text());
+        reply.json()
     }
 
     /// Its AMQP address.
@@ -405,6 +524,12 @@ impl RabbitNode {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        for port in self.tls_port.into_iter().chain(self.management_port) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            while TcpStream::connect(addr).await.is_err() {
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
         let child_pid = self.child.as_ref().and_then(Child::id);
         let pid_file = std::fs::read_to_string(self.dir.path.join("rabbitmq.pid")).unwrap_or_default();
         self.beam_pid = pid_file.trim().parse().ok().filter(|pid| Some(*pid) != child_pid);
@@ -520,12 +645,12 @@ fn tail(path: &Path) -> String {
 
 /// A scratch directory removed on drop.
 #[derive(Debug)]
-struct ScratchDir {
-    path: PathBuf,
+pub(crate) struct ScratchDir {
+    pub(crate) path: PathBuf,
 }
 
 impl ScratchDir {
-    fn new(prefix: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(prefix: &str) -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(crate::unique(prefix));
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })

@@ -342,6 +342,20 @@ pub async fn start_bridge_on(n: usize, amqp: &str, allow_unready: bool) -> anyho
     spawn_bridge(n, free_addr()?, free_addr()?, amqp, &[], allow_unready).await
 }
 
+/// Starts a bridge named `bridge-<n>` on the RabbitMQ at `amqp` with more
+/// environment (`BRIDGE_STREAM_MAX_AGE`, say), as [`start_bridge_on`].
+///
+/// # Errors
+/// When it does not start (or become ready) in time.
+pub async fn start_bridge_with(
+    n: usize,
+    amqp: &str,
+    env: &[(String, String)],
+    allow_unready: bool,
+) -> anyhow::Result<Bridge> {
+    spawn_bridge(n, free_addr()?, free_addr()?, amqp, env, allow_unready).await
+}
+
 async fn spawn_bridge(
     n: usize,
     addr: SocketAddr,

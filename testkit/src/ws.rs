@@ -165,6 +165,18 @@ impl Socket {
         self.read_json().await
     }
 
+    /// Skips frames until the close frame: its code and reason.
+    ///
+    /// # Errors
+    /// On timeout, or a broken socket.
+    pub async fn closed_with(&mut self) -> anyhow::Result<(u16, String)> {
+        loop {
+            if let Event::Close(code, reason) = self.next_event().await? {
+                return Ok((code, reason));
+            }
+        }
+    }
+
     async fn read_json(&mut self) -> anyhow::Result<Value> {
         match self.next_event().await? {
             Event::Json(value) => Ok(value),

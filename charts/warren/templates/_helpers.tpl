@@ -227,3 +227,60 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+TLS files for one service, from an existing Secret mounted at /etc/warren/tls
+(docs/operations.md#managed-services-with-tls), for
+(dict "tls" .Values.redis.tls "what" "redis" "prefix" "GATEWAY"). The binary
+uses them when the service's URL asks for TLS (rediss://, amqps://).
+warren.tlsEnv: the variables naming the files; warren.tlsVolume and
+warren.tlsMount: the Secret's keys as files. All empty without a Secret.
+*/}}
+{{- define "warren.tlsEnv" -}}
+{{- if .tls.existingSecret }}
+{{- if ne (empty .tls.certKey) (empty .tls.keyKey) }}
+{{- fail (printf "%s.tls.certKey and %s.tls.keyKey go together: a client certificate needs its key" .what .what) }}
+{{- end }}
+{{- if not (or .tls.caKey .tls.certKey) }}
+{{- fail (printf "%s.tls.existingSecret is set but neither %s.tls.caKey nor %s.tls.certKey names a key in it" .what .what .what) }}
+{{- end }}
+{{- with .tls.caKey }}
+- name: {{ $.prefix }}_TLS_CA_FILE
+  value: /etc/warren/tls/ca.pem
+{{- end }}
+{{- if .tls.certKey }}
+- name: {{ .prefix }}_TLS_CLIENT_CERT
+  value: /etc/warren/tls/client.crt
+- name: {{ .prefix }}_TLS_CLIENT_KEY
+  value: /etc/warren/tls/client.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "warren.tlsVolume" -}}
+{{- if .existingSecret }}
+- name: tls
+  secret:
+    secretName: {{ .existingSecret }}
+    defaultMode: 0444
+    items:
+      {{- with .caKey }}
+      - key: {{ . }}
+        path: ca.pem
+      {{- end }}
+      {{- if .certKey }}
+      - key: {{ .certKey }}
+        path: client.crt
+      - key: {{ .keyKey }}
+        path: client.key
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "warren.tlsMount" -}}
+{{- if .existingSecret }}
+- name: tls
+  mountPath: /etc/warren/tls
+  readOnly: true
+{{- end }}
+{{- end }}

@@ -22,62 +22,12 @@
 // Any other line on stdout is a log line. Exits 0 after "api e2e: ok", or
 // prints "api e2e: FAILED: why" and exits 1.
 
-import { parseArgs } from 'node:util';
-import { randomBytes } from 'node:crypto';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { expectLine, fail, launchBrowser, login, main, say, sleep, token } from './harness.mjs';
 
 const GLOBAL_TIMEOUT_MS = 60_000;
 const STEP_TIMEOUT_MS = 15_000;
 /** How long the login page must stay put, with no new socket, to count. */
 const QUIET_MS = 2_000;
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
-
-const { values: opts } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    room: { type: 'string' },
-    screenshot: { type: 'string' },
-  },
-});
-
-let browser = null;
-
-function fail(reason) {
-  throw new Error(reason);
-}
-
-const say = (obj) => console.log(JSON.stringify(obj));
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
-
-// === stdin: one JSON object per line from the Rust test ===
-
-const inbox = [];
-const waiters = [];
-let stdinClosed = false;
-createInterface({ input: process.stdin })
-  .on('line', (line) => {
-    let msg;
-    try { msg = JSON.parse(line); } catch { return; }
-    const w = waiters.findIndex((x) => x.key in msg);
-    if (w >= 0) waiters.splice(w, 1)[0].resolve(msg);
-    else inbox.push(msg);
-  })
-  .on('close', () => {
-    stdinClosed = true;
-    waiters.splice(0).forEach((w) => w.reject(new Error(`stdin closed while waiting for "${w.key}"`)));
-  });
-
-/** The next stdin object that has `key`. */
-function expectLine(key) {
-  const i = inbox.findIndex((m) => key in m);
-  if (i >= 0) return Promise.resolve(inbox.splice(i, 1)[0]);
-  if (stdinClosed) return Promise.reject(new Error(`stdin closed while waiting for "${key}"`));
-  return new Promise((resolve, reject) => waiters.push({ key, resolve, reject }));
-}
 
 // === the page ===
 
@@ -111,22 +61,6 @@ async function watch(context) {
   return seen;
 }
 
-async function login(page, base, user) {
-  const first = await page.goto(base);
-  if (!first || first.status() !== 200) fail(`GET / answered ${first && first.status()}`);
-  await page.fill('input[name="user"]', user);
-  const [posted] = await Promise.all([
-    page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/login'),
-    page.click('button[type="submit"]'),
-  ]);
-  if (![200, 303].includes(posted.status())) fail(`POST /login answered ${posted.status()}`);
-  await page.waitForLoadState('domcontentloaded');
-  await page.waitForFunction((u) => document.querySelector('#me')?.textContent === u, user)
-    .catch(() => fail(`no chat page for ${user} after the login (at ${page.url()})`));
-  await page.waitForFunction(() => window.warren && window.warren.state() === 'connected')
-    .catch(() => fail('the page never became connected after the login'));
-}
-
 /** Joins `room` and waits for its `joined`, which lists the page's user. */
 async function joinRoom(page, room, user) {
   await page.fill('#room-input', room);
@@ -143,11 +77,8 @@ async function sessionCookie(context, base) {
   return cookie ? cookie.value : null;
 }
 
-async function run(base, room) {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: CHROMIUM_ARGS,
-  });
+async function run(base, { room, screenshot }) {
+  const browser = await launchBrowser();
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const seen = await watch(context);
   const page = await context.newPage();
@@ -156,7 +87,7 @@ async function run(base, room) {
   const errors = [];
   page.on('pageerror', (err) => errors.push(err.message));
 
-  const user = `api-page-${randomBytes(4).toString('hex')}`;
+  const user = `api-page-${token()}`;
   await login(page, base, user);
   await joinRoom(page, room, user);
   say({ ready: true, instance: await page.evaluate(() => window.warren.instance()), user });
@@ -182,7 +113,7 @@ async function run(base, room) {
     await sleep(100);
     if (seen.sockets.length !== sockets) [sockets, quietSince] = [seen.sockets.length, Date.now()];
   }
-  if (opts.screenshot) await page.screenshot({ path: opts.screenshot });
+  if (screenshot) await page.screenshot({ path: screenshot });
   say({
     logged_out: {
       close: seen.closes[0] || null,
@@ -197,36 +128,12 @@ async function run(base, room) {
   if (errors.length) fail(`script errors on the page: ${errors.join('; ')}`);
 }
 
-async function closeBrowser() {
-  if (!browser) return;
-  const b = browser;
-  browser = null;
-  await Promise.race([b.close().catch(() => {}), sleep(5000)]);
-}
-
-async function main() {
-  if (!opts.url || !opts.room) {
-    console.log('api e2e: FAILED: usage: node api.mjs --url http://127.0.0.1:PORT --room ROOM');
-    process.exit(1);
-  }
-  const base = opts.url.replace(/\/+$/, '') + '/';
-  const timer = setTimeout(async () => {
-    console.log(`api e2e: FAILED: no result within ${GLOBAL_TIMEOUT_MS / 1000} s`);
-    await closeBrowser();
-    process.exit(1);
-  }, GLOBAL_TIMEOUT_MS);
-  let code = 0;
-  try {
-    await run(base, opts.room);
-    console.log('api e2e: ok');
-  } catch (err) {
-    console.log(`api e2e: FAILED: ${err.message.split('\n')[0]}`);
-    code = 1;
-  } finally {
-    clearTimeout(timer);
-    await closeBrowser();
-  }
-  process.exit(code);
-}
-
-main();
+main({
+  name: 'api',
+  options: ['url', 'room', 'screenshot'],
+  required: ['url', 'room'],
+  usage: '--url http://127.0.0.1:PORT --room ROOM',
+  timeoutMs: GLOBAL_TIMEOUT_MS,
+  lines: true,
+  run,
+});

@@ -12,39 +12,14 @@
 // /usr/bin/chromium); nothing is downloaded.
 // Prints "browser e2e: ok" and exits 0, or prints why and exits 1.
 
-import { parseArgs } from 'node:util';
-import { randomBytes } from 'node:crypto';
-import { chromium } from 'playwright-core';
+import { check, fail, launchBrowser, main, token } from './harness.mjs';
 
 const GLOBAL_TIMEOUT_MS = 90_000;
 const STEP_TIMEOUT_MS = 10_000;
 const MAX_RELOADS = 30;
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
-
-const { values: opts } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    screenshot: { type: 'string' },
-  },
-});
-
-let browser = null;
-
-function fail(reason) {
-  throw new Error(reason);
-}
-
-function check(cond, reason) {
-  if (!cond) fail(reason);
-}
-
-const token = () => randomBytes(4).toString('hex');
 
 /** A page in its own browser context (own cookies and storage), with JS errors collected. */
-async function newUser(label) {
+async function newUser(browser, label) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -166,16 +141,13 @@ async function expectMemberCount(page, label) {
   });
 }
 
-async function run(base) {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: CHROMIUM_ARGS,
-  });
+async function run(base, { screenshot }) {
+  const browser = await launchBrowser();
   const tag = token();
   const alice = `alice-${tag}`;
   const bob = `bob-${tag}`;
 
-  const a = await newUser('alice');
+  const a = await newUser(browser, 'alice');
   let aliceOn = await login(a, base, alice, 'alice', { tryBadName: true });
   console.log(`alice logged in on ${aliceOn}`);
 
@@ -183,7 +155,7 @@ async function run(base) {
   aliceOn = await expectChat(a, alice, 'alice after reload');
   console.log(`alice still logged in after a reload, now on ${aliceOn}`);
 
-  const b = await newUser('bob');
+  const b = await newUser(browser, 'bob');
   await login(b, base, bob, 'bob');
   const bobOn = await moveAwayFrom(b, bob, aliceOn, 'bob');
   console.log(`bob on ${bobOn}, alice on ${aliceOn}`);
@@ -205,39 +177,13 @@ async function run(base) {
   check((await a.inputValue('#send-text')) === '', 'alice: #send-text not cleared after sending');
   assertNoPageErrors(a, 'alice');
   assertNoPageErrors(b, 'bob');
-  if (opts.screenshot) await a.screenshot({ path: opts.screenshot });
+  if (screenshot) await a.screenshot({ path: screenshot });
 }
 
-async function closeBrowser() {
-  if (!browser) return;
-  const b = browser;
-  browser = null;
-  await Promise.race([b.close().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
-}
-
-async function main() {
-  if (!opts.url) {
-    console.error('browser e2e: FAILED: usage: node browser.mjs --url http://127.0.0.1:PORT [--screenshot PATH]');
-    process.exit(1);
-  }
-  const base = opts.url.replace(/\/+$/, '') + '/';
-  const timer = setTimeout(async () => {
-    console.error(`browser e2e: FAILED: no result within ${GLOBAL_TIMEOUT_MS / 1000} s`);
-    await closeBrowser();
-    process.exit(1);
-  }, GLOBAL_TIMEOUT_MS);
-  let code = 0;
-  try {
-    await run(base);
-    console.log('browser e2e: ok');
-  } catch (err) {
-    console.error(`browser e2e: FAILED: ${err.message}`);
-    code = 1;
-  } finally {
-    clearTimeout(timer);
-    await closeBrowser();
-  }
-  process.exit(code);
-}
-
-main();
+main({
+  name: 'browser',
+  options: ['url', 'screenshot'],
+  usage: '--url http://127.0.0.1:PORT [--screenshot PATH]',
+  timeoutMs: GLOBAL_TIMEOUT_MS,
+  run,
+});

@@ -23,66 +23,15 @@
 // Any other line on stdout is a log line. Exits 0 after "drain e2e: ok", or
 // prints "drain e2e: FAILED: why" and exits 1.
 
-import { parseArgs } from 'node:util';
-import { randomBytes } from 'node:crypto';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { check, expectLine, fail, launchBrowser, login, main, say, token } from './harness.mjs';
 
 const GLOBAL_TIMEOUT_MS = 60_000;
 const STEP_TIMEOUT_MS = 15_000;
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-];
 
-const { values: opts } = parseArgs({
-  options: {
-    url: { type: 'string' },
-    room: { type: 'string' },
-  },
-});
-
-let browser = null;
 /** What the page did since it was ready (see watch()), for failure messages. */
 let seen = null;
 
-function fail(reason) {
-  throw new Error(reason);
-}
-
-function check(cond, reason) {
-  if (!cond) fail(reason);
-}
-
-const token = () => randomBytes(4).toString('hex');
-const say = (obj) => console.log(JSON.stringify(obj));
 const log = (text) => console.log(`# ${text}`);
-
-// === stdin: one JSON object per line from the Rust test ===
-
-const inbox = [];
-const waiters = [];
-let stdinClosed = false;
-createInterface({ input: process.stdin })
-  .on('line', (line) => {
-    let msg;
-    try { msg = JSON.parse(line); } catch { return; }
-    const w = waiters.findIndex((x) => x.key in msg);
-    if (w >= 0) waiters.splice(w, 1)[0].resolve(msg);
-    else inbox.push(msg);
-  })
-  .on('close', () => {
-    stdinClosed = true;
-    waiters.splice(0).forEach((w) => w.reject(new Error(`stdin closed while waiting for "${w.key}"`)));
-  });
-
-/** The next stdin object that has `key`. */
-function expectLine(key) {
-  const i = inbox.findIndex((m) => key in m);
-  if (i >= 0) return Promise.resolve(inbox.splice(i, 1)[0]);
-  if (stdinClosed) return Promise.reject(new Error(`stdin closed while waiting for "${key}"`));
-  return new Promise((resolve, reject) => waiters.push({ key, resolve, reject }));
-}
 
 // === the page ===
 
@@ -95,22 +44,6 @@ async function waitShown(page, text, label) {
   await page.waitForFunction((t) => [...document.querySelectorAll('#messages .msg .text')]
     .some((e) => e.textContent === t), text)
     .catch(() => fail(`${label}: ${JSON.stringify(text)} never shown`));
-}
-
-async function login(page, base, user) {
-  const first = await page.goto(base);
-  check(first && first.status() === 200, `GET / answered ${first && first.status()}`);
-  await page.fill('input[name="user"]', user);
-  const [posted] = await Promise.all([
-    page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/login'),
-    page.click('button[type="submit"]'),
-  ]);
-  check([200, 303].includes(posted.status()), `POST /login answered ${posted.status()}`);
-  await page.waitForLoadState('domcontentloaded');
-  await page.waitForFunction((u) => document.querySelector('#me')?.textContent === u, user)
-    .catch(() => fail(`no chat page for ${user} after the login (at ${page.url()})`));
-  await page.waitForFunction(() => window.warren && window.warren.state() === 'connected')
-    .catch(() => fail('the page never became connected after the login'));
 }
 
 async function joinRoom(page, room) {
@@ -179,11 +112,8 @@ async function holdSessions(page) {
   };
 }
 
-async function run(base, room) {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: CHROMIUM_ARGS,
-  });
+async function run(base, { room }) {
+  const browser = await launchBrowser();
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT_MS);
@@ -269,38 +199,14 @@ async function run(base, room) {
   check(errors.length === 0, `script errors on the page: ${errors.join('; ')}`);
 }
 
-async function closeBrowser() {
-  if (!browser) return;
-  const b = browser;
-  browser = null;
-  await Promise.race([b.close().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
-}
-
-async function main() {
-  if (!opts.url || !opts.room) {
-    console.log('drain e2e: FAILED: usage: node drain.mjs --url http://127.0.0.1:PORT --room ROOM');
-    process.exit(1);
-  }
-  const base = opts.url.replace(/\/+$/, '') + '/';
-  const timer = setTimeout(async () => {
-    console.log(`drain e2e: FAILED: no result within ${GLOBAL_TIMEOUT_MS / 1000} s`);
-    await closeBrowser();
-    process.exit(1);
-  }, GLOBAL_TIMEOUT_MS);
-  let code = 0;
-  try {
-    await run(base, opts.room);
-    console.log('drain e2e: ok');
-  } catch (err) {
-    // A navigation usually explains the rest (a destroyed context, a login form).
-    const moved = seen && seen.navigations.length ? ` (the page navigated: ${seen.navigations.join(', ')})` : '';
-    console.log(`drain e2e: FAILED: ${err.message.split('\n')[0]}${moved}`);
-    code = 1;
-  } finally {
-    clearTimeout(timer);
-    await closeBrowser();
-  }
-  process.exit(code);
-}
-
-main();
+main({
+  name: 'drain',
+  options: ['url', 'room'],
+  required: ['url', 'room'],
+  usage: '--url http://127.0.0.1:PORT --room ROOM',
+  timeoutMs: GLOBAL_TIMEOUT_MS,
+  lines: true,
+  run,
+  // A navigation usually explains the rest (a destroyed context, a login form).
+  explain: () => (seen && seen.navigations.length ? ` (the page navigated: ${seen.navigations.join(', ')})` : ''),
+});

@@ -1,6 +1,9 @@
 //! What more than one integration test needs beyond testkit: a stack of one
 //! gateway with extra environment, and a WebSocket client written by hand
 //! ([`raw`]) for what testkit's well-behaved client will not do.
+//!
+//! `node_script.rs` beside them is no part of it: the tests that drive a
+//! Node script include it themselves, so that the others do not build it.
 
 pub mod raw;
 
