@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use ops::telemetry::LogFormat;
 
 use crate::retention::{self, MaxAge, Retention};
@@ -117,16 +117,11 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Self::command().try_get_matches_from(args)?;
-        let mut config = Self::from_arg_matches(&matches)?;
-        let defaulted = matches.value_source("amqp_url") == Some(clap::parser::ValueSource::DefaultValue);
-        if let (true, Some(document)) = (defaulted, vcap_services.filter(|d| !d.trim().is_empty())) {
-            let found = platform::rabbitmq(document)
-                .map_err(|error| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")))?;
-            if let Some(binding) = found {
-                config.amqp_url = binding.url().to_owned();
-                config.amqp_service = Some(binding.service().clone());
-            }
+        let (mut config, binding) =
+            platform::parse_with_binding::<Self, _, _>(args, vcap_services, "amqp_url", platform::rabbitmq)?;
+        if let Some(binding) = binding {
+            config.amqp_url = binding.url().to_owned();
+            config.amqp_service = Some(binding.service().clone());
         }
         Ok(config)
     }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use ops::telemetry::LogFormat;
 
 /// The secret used when none is configured. Anyone who knows it can forge
@@ -234,16 +234,11 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Self::command().try_get_matches_from(args)?;
-        let mut config = Self::from_arg_matches(&matches)?;
-        let defaulted = matches.value_source("redis_url") == Some(clap::parser::ValueSource::DefaultValue);
-        if let (true, Some(document)) = (defaulted, vcap_services.filter(|d| !d.trim().is_empty())) {
-            let found = platform::redis(document)
-                .map_err(|error| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")))?;
-            if let Some(binding) = found {
-                config.redis_url = binding.url().to_owned();
-                config.redis_service = Some(binding.service().clone());
-            }
+        let (mut config, binding) =
+            platform::parse_with_binding::<Self, _, _>(args, vcap_services, "redis_url", platform::redis)?;
+        if let Some(binding) = binding {
+            config.redis_url = binding.url().to_owned();
+            config.redis_service = Some(binding.service().clone());
         }
         Ok(config)
     }

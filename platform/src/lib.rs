@@ -126,6 +126,37 @@ pub fn rabbitmq(vcap_services: &str) -> Result<Option<Binding>, Error> {
     find(vcap_services, Kind::RabbitMq, rabbitmq::is_rabbitmq, rabbitmq::url)
 }
 
+/// Parses a binary's command line and environment like
+/// [`clap::Parser::try_parse_from`]; then, when the URL argument `url_arg`
+/// (its field name) was left at its default, looks for the service `find`
+/// picks in `vcap_services` (Cloud Foundry's `VCAP_SERVICES`): a flag or a
+/// variable always wins over a binding.
+///
+/// # Errors
+/// clap's error for a bad command line, or for a `VCAP_SERVICES` whose
+/// service cannot be used (several bound, no usable address).
+pub fn parse_with_binding<C, I, T>(
+    args: I,
+    vcap_services: Option<&str>,
+    url_arg: &str,
+    find: fn(&str) -> Result<Option<Binding>, Error>,
+) -> Result<(C, Option<Binding>), clap::Error>
+where
+    C: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = C::command().try_get_matches_from(args)?;
+    let config = C::from_arg_matches(&matches)?;
+    let defaulted = matches.value_source(url_arg) == Some(clap::parser::ValueSource::DefaultValue);
+    let binding = match vcap_services.filter(|document| defaulted && !document.trim().is_empty()) {
+        Some(document) => find(document)
+            .map_err(|error| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{error}\n")))?,
+        None => None,
+    };
+    Ok((config, binding))
+}
+
 fn find(
     document: &str,
     kind: Kind,

@@ -15,7 +15,7 @@
 
 use url::Url;
 
-use crate::vcap::{Instance, scheme_of};
+use crate::vcap::Instance;
 
 /// Offering labels of RabbitMQ brokers: Tanzu RabbitMQ (`p.rabbitmq`
 /// on-demand, `p-rabbitmq` pre-provisioned), CloudAMQP, community brokers.
@@ -24,9 +24,7 @@ const SCHEMES: &[&str] = &["amqp", "amqps"];
 
 /// Whether `instance` is a RabbitMQ.
 pub fn is_rabbitmq(instance: &Instance) -> bool {
-    instance.has_tag("rabbitmq")
-        || instance.has_label(LABELS)
-        || instance.credentials.text(&["uri"]).and_then(scheme_of).is_some_and(|s| SCHEMES.contains(&s.as_str()))
+    instance.is_a("rabbitmq", LABELS, SCHEMES)
 }
 
 /// The AMQP URL of a RabbitMQ instance.

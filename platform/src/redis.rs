@@ -17,7 +17,7 @@ use std::net::Ipv6Addr;
 
 use url::Url;
 
-use crate::vcap::{Instance, scheme_of};
+use crate::vcap::Instance;
 
 /// Offering labels of Redis brokers: Redis for VMware Tanzu (`p.redis`
 /// on-demand, `p-redis` shared-VM), community brokers, Redis Cloud.
@@ -27,9 +27,7 @@ const DEFAULT_PORT: u16 = 6379;
 
 /// Whether `instance` is a Redis.
 pub fn is_redis(instance: &Instance) -> bool {
-    instance.has_tag("redis")
-        || instance.has_label(LABELS)
-        || instance.credentials.text(&["uri"]).and_then(scheme_of).is_some_and(|s| SCHEMES.contains(&s.as_str()))
+    instance.is_a("redis", LABELS, SCHEMES)
 }
 
 /// The URL of a Redis instance.

@@ -42,6 +42,14 @@ impl Instance {
     pub fn has_label(&self, labels: &[&str]) -> bool {
         labels.contains(&self.label.as_str())
     }
+
+    /// Whether it is a service of one kind: tagged `tag`, offered under one
+    /// of `labels`, or with a `credentials.uri` in one of `schemes`.
+    pub fn is_a(&self, tag: &str, labels: &[&str], schemes: &[&str]) -> bool {
+        self.has_tag(tag)
+            || self.has_label(labels)
+            || self.credentials.text(&["uri"]).and_then(scheme_of).is_some_and(|s| schemes.contains(&s.as_str()))
+    }
 }
 
 /// A broker's credentials object. Its `Debug` shows the field names only.
