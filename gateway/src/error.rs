@@ -35,6 +35,12 @@ pub enum HttpError {
     /// The gateway works on as many handshakes as it may: retry shortly.
     #[error("the gateway is busy with other connections; retry")]
     Busy,
+    /// A body over the size limit, in bytes.
+    #[error("the frame is larger than {0} bytes")]
+    TooLarge(usize),
+    /// No gateway holds the event stream a frame was posted to.
+    #[error("no such stream: open /sse again")]
+    StreamGone,
     /// Too many requests from one source; retry after the duration.
     #[error("too many handshakes from this address; retry later")]
     TooManyRequests(std::time::Duration),
@@ -47,7 +53,8 @@ impl HttpError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::ForbiddenOrigin | Self::CrossSite => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::StreamGone => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) | Self::Overloaded(_) | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -12,7 +12,9 @@
 //! - [`session`]: sessions in Redis and signed cookies.
 //! - [`redis_client`]: the one Redis client (URL and TLS) they all use.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
-//! - [`ws`]: one socket's reader, writer and frame handling.
+//! - [`conn`]: one client's frames acted on, whatever carries them.
+//! - [`ws`]: the WebSocket transport: a socket's reader and writer.
+//! - [`sse`]: the Server-Sent Events transport, and its relay of posted frames.
 //! - [`wire`]: a byte-level guard that refuses unmasked client frames.
 //! - [`mailbox`]: a socket's outbound queue and close request.
 //! - [`membership`]: a socket's rooms: join, leave and close in one place.
@@ -28,6 +30,7 @@
 
 pub mod api;
 pub mod config;
+pub mod conn;
 pub mod drain;
 pub mod error;
 pub mod hub;
@@ -44,6 +47,7 @@ pub mod protocol;
 pub mod redis_client;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod upstream;
 pub mod wire;
 pub mod ws;
@@ -56,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::conn::Shared;
 use crate::drain::Sockets;
 use crate::error::RunError;
 use crate::hub::Hub;
@@ -64,8 +69,8 @@ use crate::membership::Membership;
 use crate::presence::Presence;
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
+use crate::sse::Relay;
 use crate::upstream::Upstream;
-use crate::ws::Shared;
 
 /// Runs a gateway on bound listeners until `shutdown` is cancelled; then
 /// stops accepting, reports not-ready, tells its sockets to reconnect in
@@ -93,6 +98,7 @@ pub async fn run(
     }
     let redis = redis_client::open(&config.redis_url, &config.tls_files())?;
     let pool = redis_client::pool(&redis)?;
+    let relay = Arc::new(Relay::new(redis.clone(), pool.clone()));
     let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
         .with_cookie_name(&config.session_cookie_name);
 
@@ -130,6 +136,13 @@ pub async fn run(
     let readiness: Arc<dyn ops::admin::Readiness> = Arc::new(readiness);
     let admin_task = tokio::spawn(ops::admin::serve(admin, readiness.clone(), exporter, admin_token.clone()));
 
+    // Event streams take POSTs through the relay until they are closed, so
+    // it outlives the drain too.
+    let relay_token = CancellationToken::new();
+    let relay_task = tokio::spawn({
+        let (relay, token) = (relay.clone(), relay_token.clone());
+        async move { relay.run(token).await }
+    });
     let sockets = Arc::new(Sockets::default());
     let limits = Arc::new(Limits::new(&config));
     tracker.spawn(logins::follow_logouts(redis, sockets.clone(), shutdown.clone()));
@@ -163,7 +176,8 @@ pub async fn run(
         tracker: tracker.clone(),
     };
     let readiness = server::Readiness(readiness);
-    let app = Arc::new(App { sessions, shared, allowed_origins: config.allowed_origins.clone(), api, readiness });
+    let allowed_origins = config.allowed_origins.clone();
+    let app = Arc::new(App { sessions, shared, allowed_origins, api, readiness, relay });
     tracing::info!(listen = %config.listen, %instance, "gateway serving");
     let serving = tokio::spawn(server::serve(listener, app, shutdown.clone(), config.shutdown_grace));
 
@@ -175,6 +189,8 @@ pub async fn run(
     ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
     presence_token.cancel();
     let _ = presence_task.await;
+    relay_token.cancel();
+    let _ = relay_task.await;
     upstream_token.cancel();
     admin_token.cancel();
     let _ = admin_task.await;

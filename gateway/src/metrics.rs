@@ -10,7 +10,7 @@ use crate::mailbox::{CloseReason, close};
 
 /// Describes every metric, so that `/metrics` carries help text and units.
 pub fn describe() {
-    describe_gauge!("warren_gateway_sockets_open", "WebSockets open now.");
+    describe_gauge!("warren_gateway_sockets_open", "Client connections open now: WebSockets and event streams.");
     describe_gauge!("warren_gateway_max_sockets", "The most WebSockets this gateway holds (--max-sockets).");
     describe_counter!("warren_gateway_sockets_accepted_total", "WebSockets accepted.");
     describe_counter!("warren_gateway_sockets_closed_total", "WebSockets closed, by reason and close code.");
@@ -29,6 +29,10 @@ pub fn describe() {
     describe_gauge!("warren_gateway_draining", "1 while the gateway drains.");
     describe_counter!("warren_gateway_resumes_total", "Joins with `since` (resumes after a reconnect).");
     describe_counter!("warren_gateway_api_requests_total", "Server API calls, by route and status.");
+    describe_counter!(
+        "warren_gateway_sse_posts_total",
+        "Frames posted to event streams, by result (accepted, gone, refused, unavailable)."
+    );
     describe_counter!("warren_gateway_messages_replayed_total", "Messages sent to fill a member's gap.");
     describe_histogram!("warren_gateway_redis_seconds", Unit::Seconds, "Session store calls, by operation.");
     describe_counter!("warren_gateway_redis_errors_total", "Session store calls that failed.");
@@ -72,6 +76,11 @@ pub fn socket_closed(reason: &'static str, code: u16) {
 /// A server API call was answered.
 pub fn api_request(route: &'static str, status: u16) {
     counter!("warren_gateway_api_requests_total", "route" => route, "status" => status.to_string()).increment(1);
+}
+
+/// A frame was posted to an event stream.
+pub fn stream_post(result: &'static str) {
+    counter!("warren_gateway_sse_posts_total", "result" => result).increment(1);
 }
 
 /// An upgrade was refused.
@@ -228,6 +237,9 @@ fn zero_series() {
     }
     for code in ["unavailable", "refused"] {
         counter!("warren_gateway_joins_refused_total", "code" => code).increment(0);
+    }
+    for result in ["accepted", "gone", "refused", "unavailable"] {
+        counter!("warren_gateway_sse_posts_total", "result" => result).increment(0);
     }
 }
 

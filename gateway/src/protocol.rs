@@ -195,7 +195,14 @@ pub fn check_cid(cid: &str) -> Result<(), FrameError> {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame<'a> {
     /// First frame on every socket.
-    Welcome { user: &'a str, instance: &'a str },
+    Welcome {
+        user: &'a str,
+        instance: &'a str,
+        /// The stream's token, on the Server-Sent Events transport: what
+        /// the client's `POST /sse?stream=` names.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream: Option<&'a str>,
+    },
     /// A join took effect; `count` users are in the room now, the joiner
     /// included, and `members` lists them, sorted, unless there are more
     /// than a cap (then `truncated`; the client asks with `members`). Built
@@ -339,7 +346,8 @@ mod tests {
     #[test]
     fn server_frames_have_the_documented_shape() {
         let json: Value =
-            serde_json::from_slice(&ServerFrame::Welcome { user: "a", instance: "gw-1" }.encode()).expect("json");
+            serde_json::from_slice(&ServerFrame::Welcome { user: "a", instance: "gw-1", stream: None }.encode())
+                .expect("json");
         assert_eq!(json, serde_json::json!({"type":"welcome","user":"a","instance":"gw-1"}));
         let json: Value = serde_json::from_slice(&ServerFrame::Reconnect { after_ms: 5 }.encode()).expect("json");
         assert_eq!(json, serde_json::json!({"type":"reconnect","after_ms":5}));

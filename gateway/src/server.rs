@@ -7,6 +7,8 @@
 //! | `POST /logout` | the session deleted, `303 /` |
 //! | `GET /session` | `200 {"user","instance"}` with a replaced id, or `401` |
 //! | `GET /ws` | the upgrade; `401` without a session, `403` for a foreign `Origin` |
+//! | `GET /sse` | an event stream, for clients without WebSockets (see [`crate::sse`]); refused as `/ws` is |
+//! | `POST /sse?stream=` | one client frame for that stream: `202`, or `404` when no gateway holds it |
 //! | `GET /assets/*` | the page's script and styles |
 //! | `/api/v1/*` | the server API, for backends (see [`crate::api`]) |
 //! | `GET /healthz`, `GET /readyz` | as on the admin port, for platforms whose health checks reach only the public port (Cloud Foundry) |
@@ -19,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -28,12 +30,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
+use crate::conn::Shared;
 use crate::error::HttpError;
 use crate::limits::RetryAfter;
 use crate::metrics;
 use crate::pages;
 use crate::session::{Session, SessionError, SessionStore, UserName};
-use crate::ws::{Handler, Shared};
+use crate::sse::{self, EventStream, Relay};
+use crate::ws::WebSocket;
 
 /// The largest form body `POST /login` reads.
 const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -45,6 +49,8 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self';
                         img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 type Reply = Response<Full<Bytes>>;
+/// What the public port answers: a whole body, or an event stream.
+type Answer = Response<Either<Full<Bytes>, EventStream>>;
 
 /// Everything a request handler needs.
 #[derive(Debug)]
@@ -59,6 +65,8 @@ pub struct App {
     pub api: Api,
     /// What `/readyz` answers (the admin port's check).
     pub readiness: Readiness,
+    /// Where event streams' posted frames go (see [`crate::sse`]).
+    pub relay: Arc<Relay>,
 }
 
 /// The admin port's readiness check, answered on the public port too.
@@ -91,10 +99,16 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |request| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request, peer).await) }
-        });
+        // Cancelled to drop this connection at once: an event stream whose
+        // client stopped reading cannot end it any other way.
+        let abort = CancellationToken::new();
+        let service = {
+            let abort = abort.clone();
+            service_fn(move |request| {
+                let (app, abort) = (app.clone(), abort.clone());
+                async move { Ok::<_, Infallible>(app.answer(request, peer, abort).await) }
+            })
+        };
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
@@ -106,6 +120,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
+                () = abort.cancelled() => Ok(()),
                 () = shutdown.cancelled() => {
                     // Finish the request in flight, then close.
                     connection.as_mut().graceful_shutdown();
@@ -122,6 +137,18 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
 }
 
 impl App {
+    async fn answer(&self, request: Request<Incoming>, peer: SocketAddr, abort: CancellationToken) -> Answer {
+        if request.method() == Method::GET && request.uri().path() == "/sse" {
+            let span = tracing::info_span!("sse.open", %peer);
+            let opened = tracing::Instrument::instrument(self.open_stream(request.headers(), peer, abort), span);
+            return match opened.await {
+                Ok(stream) => stream.map(Either::Right),
+                Err(error) => error_reply("/sse", &error).map(Either::Left),
+            };
+        }
+        self.handle(request, peer).await.map(Either::Left)
+    }
+
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Reply {
         let route = (request.method().clone(), request.uri().path().to_owned());
         let result = match (&route.0, route.1.as_str()) {
@@ -134,6 +161,7 @@ impl App {
                 let span = tracing::info_span!("ws.handshake", %peer);
                 tracing::Instrument::instrument(self.upgrade(request, peer), span).await
             }
+            (&Method::POST, "/sse") => self.post_to_stream(request).await,
             (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
             (&Method::GET, "/healthz") => Ok(plain(StatusCode::OK, "ok")),
             (&Method::GET, "/readyz") => Ok(match self.readiness.0.check() {
@@ -141,7 +169,7 @@ impl App {
                 Err(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, &reason),
             }),
             (_, path) if path.starts_with(api::PREFIX) => return self.api.handle(request).await,
-            (_, "/" | "/login" | "/logout" | "/session" | "/ws") => Err(HttpError::MethodNotAllowed),
+            (_, "/" | "/login" | "/logout" | "/session" | "/ws" | "/sse") => Err(HttpError::MethodNotAllowed),
             _ => Err(HttpError::NotFound),
         };
         result.unwrap_or_else(|error| error_reply(&route.1, &error))
@@ -212,6 +240,91 @@ impl App {
         if !fastwebsockets::upgrade::is_upgrade_request(&request) {
             return Err(HttpError::BadRequest("expected a WebSocket upgrade".to_owned()));
         }
+        let session = self.admit(request.headers(), peer).await?;
+        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+            Ok(upgrade) => upgrade,
+            Err(error) => {
+                self.shared.limits.close_socket(session.user.as_str());
+                return Err(HttpError::BadRequest(format!("bad upgrade: {error}")));
+            }
+        };
+        self.shared.tracker.spawn(WebSocket::serve(upgrade, session, self.shared.clone()));
+        let (parts, _) = response.into_parts();
+        Ok(Response::from_parts(parts, Full::default()))
+    }
+
+    /// `GET /sse`: admitted as a WebSocket is, then an event stream.
+    async fn open_stream(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        abort: CancellationToken,
+    ) -> Result<Response<EventStream>, HttpError> {
+        let session = self.admit(headers, peer).await?;
+        let user = session.user.as_str().to_owned();
+        let body = sse::open(session, self.shared.clone(), self.relay.clone(), abort).await.map_err(|error| {
+            tracing::warn!(%error, "stream relay unavailable");
+            HttpError::Unavailable("the stream relay is unavailable; retry shortly".to_owned())
+        });
+        let body = body.inspect_err(|_| self.shared.limits.close_socket(&user))?;
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Proxies that buffer responses (nginx) would hold events back.
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
+
+    /// `POST /sse?stream=<token>`: one client frame, published to the
+    /// stream's channel (see [`crate::sse::relay`]).
+    async fn post_to_stream(&self, request: Request<Incoming>) -> Result<Reply, HttpError> {
+        if self.is_cross_site(request.headers()) {
+            metrics::stream_post("refused");
+            return Err(HttpError::ForbiddenOrigin);
+        }
+        let token = url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == "stream")
+            .map(|(_, value)| value.into_owned())
+            .filter(|token| sse::is_token(token))
+            .ok_or_else(|| {
+                HttpError::BadRequest("name the stream: POST /sse?stream=<token from welcome>".to_owned())
+            })?;
+        let session = self.sessions.authenticate(request.headers()).await?;
+        let max = self.shared.limits.max_message_bytes;
+        let body = Limited::new(request.into_body(), max).collect().await.map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                HttpError::TooLarge(max)
+            } else {
+                HttpError::BadRequest("the frame was cut off".to_owned())
+            }
+        })?;
+        let frame = String::from_utf8(body.to_bytes().to_vec())
+            .map_err(|_| HttpError::BadRequest("the frame is not UTF-8".to_owned()))?;
+        let channel = sse::relay::channel(session.user.as_str(), &token);
+        match self.relay.post(&channel, &frame).await {
+            Ok(true) => {
+                metrics::stream_post("accepted");
+                Ok(plain(StatusCode::ACCEPTED, "accepted"))
+            }
+            Ok(false) => {
+                metrics::stream_post("gone");
+                Err(HttpError::StreamGone)
+            }
+            Err(error) => {
+                metrics::stream_post("unavailable");
+                tracing::warn!(%error, "stream relay unavailable");
+                Err(HttpError::Unavailable("the stream relay is unavailable; retry shortly".to_owned()))
+            }
+        }
+    }
+
+    /// The checks every socket and stream passes, cheapest first: the
+    /// node's handshake budget, the source's rate, the `Origin`, the
+    /// session, the gateway's and the user's socket caps. On success the
+    /// user's socket count was taken; the caller gives it back if it does
+    /// not open the socket after all.
+    async fn admit(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Session, HttpError> {
         let limits = &self.shared.limits;
         // Node-wide admission first: a crowd waits its turn (503, retried),
         // whatever addresses it comes from.
@@ -219,15 +332,15 @@ impl App {
             metrics::handshake_refused("busy");
             return Err(HttpError::Busy);
         };
-        if let Err(RetryAfter(wait)) = limits.handshake(self.source_of(request.headers(), peer)) {
+        if let Err(RetryAfter(wait)) = limits.handshake(self.source_of(headers, peer)) {
             metrics::handshake_refused("rate_limited");
             return Err(HttpError::TooManyRequests(wait));
         }
-        if !self.origin_allowed(request.headers()) {
+        if !self.origin_allowed(headers) {
             metrics::handshake_refused("origin");
             return Err(HttpError::ForbiddenOrigin);
         }
-        let session = self.sessions.authenticate(request.headers()).await.inspect_err(|error| {
+        let session = self.sessions.authenticate(headers).await.inspect_err(|error| {
             metrics::handshake_refused(match error {
                 SessionError::NoCookie => "no_session",
                 SessionError::BadSignature => "bad_signature",
@@ -239,15 +352,11 @@ impl App {
             metrics::handshake_refused("gateway_full");
             return Err(HttpError::Overloaded("this gateway holds all the sockets it may; retry"));
         }
-        let (response, upgrade) = fastwebsockets::upgrade::upgrade(&mut request)
-            .map_err(|error| HttpError::BadRequest(format!("bad upgrade: {error}")))?;
         if !limits.open_socket(session.user.as_str()) {
             metrics::handshake_refused("user_sockets");
             return Err(HttpError::Overloaded("too many sockets for this user"));
         }
-        self.shared.tracker.spawn(Handler::serve(upgrade, session, self.shared.clone()));
-        let (parts, _) = response.into_parts();
-        Ok(Response::from_parts(parts, Full::default()))
+        Ok(session)
     }
 
     /// The client's address: the peer, or what trusted proxies in front
@@ -345,7 +454,7 @@ fn append_cookie(reply: &mut Reply, cookie: &str) {
 /// reason for the API routes, plain text elsewhere.
 fn error_reply(path: &str, error: &HttpError) -> Reply {
     let status = error.status();
-    if path == "/session" || path == "/ws" {
+    if matches!(path, "/session" | "/ws" | "/sse") {
         let mut reply = json(status, &serde_json::json!({ "error": error.to_string() }));
         if let Some(wait) = error.retry_after() {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

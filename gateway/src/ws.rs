@@ -1,4 +1,4 @@
-//! One browser socket: the upgrade's aftermath and the per-socket [`Handler`].
+//! The WebSocket transport: a socket's reader and writer around its [`Handler`].
 //!
 //! A socket is two tasks. The reader decodes client frames and acts on them;
 //! the writer drains the socket's bounded queue ([`Mailbox`]) into the
@@ -14,8 +14,6 @@
 //! writer put everything queued into one buffer and one `write` call, instead
 //! of one system call per frame.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,63 +24,26 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::task::TaskTracker;
 
-use crate::drain::Sockets;
-use crate::limits::{ABUSE_STRIKES, Limits, RetryAfter, SendLimiter};
-use crate::mailbox::{CloseReason, Mailbox, Outbound, SocketId, close};
-use crate::membership::{Member, Membership};
+use crate::conn::{Handler, Shared};
+use crate::mailbox::{CloseReason, Mailbox, Outbound, close};
 use crate::metrics;
-use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
-use crate::session::{Session, UserName};
-use crate::upstream::Upstream;
+use crate::protocol::FrameError;
+use crate::session::Session;
 use crate::wire::{self, RequireMask};
 
-/// Frames queued for one socket before it counts as too slow to keep.
-pub const QUEUE_FRAMES: usize = 4096;
-
 /// The most bytes of queued frames one write takes.
-const BATCH_BYTES: usize = 64 * 1024;
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
 
 /// What the reader reads: bytes hyper read past the handshake, then the
 /// socket, checked for masking.
 type ReadStream = RequireMask<tokio::io::Chain<std::io::Cursor<Bytes>, OwnedReadHalf>>;
 
-static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
-
-/// What every socket of a gateway shares.
-#[derive(Debug, Clone)]
-pub struct Shared {
-    /// Joins, leaves and closes: rooms, subscriptions and presence.
-    pub membership: Membership,
-    /// The bridge link, for sends.
-    pub upstream: Arc<Upstream>,
-    /// This gateway's name, for `welcome`.
-    pub instance: Arc<str>,
-    /// Every open socket, for the drain.
-    pub sockets: Arc<Sockets>,
-    /// Sizes and rates.
-    pub limits: Arc<Limits>,
-    /// Tracks every socket task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
-
-/// The per-socket logic.
+/// The WebSocket transport of a [`Handler`].
 #[derive(Debug)]
-pub struct Handler {
-    id: SocketId,
-    /// Who the session says this is.
-    user: UserName,
-    shared: Shared,
-    mailbox: Mailbox,
-    /// The socket's rooms.
-    member: Member,
-    sends: SendLimiter,
-    /// Consecutive sends refused for their rate.
-    strikes: u32,
-}
+pub struct WebSocket;
 
-impl Handler {
+impl WebSocket {
     /// Runs a socket from its upgrade to its end: welcome, then frames until
     /// either side closes. The user's socket count was taken at the
     /// handshake and is given back here.
@@ -131,18 +92,8 @@ impl Handler {
         // No 8 KiB read buffer per socket: reads take what frames need.
         read.release_read_buffer();
 
-        let mailbox = Mailbox::new(QUEUE_FRAMES, shared.limits.max_queue_bytes);
-        let writer = shared.tracker.spawn(write_loop(write, mailbox.clone()));
-        let id = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        let Session { user, login, .. } = session;
-        shared.sockets.insert(id, mailbox.clone(), login, user.as_str());
-        metrics::socket_opened();
-        tracing::info!(socket = id, user = user.as_str(), "socket open");
-        let welcome = ServerFrame::Welcome { user: user.as_str(), instance: &shared.instance }.encode();
-        let sends = shared.limits.socket_sends();
-        let member = Member::new(id, user.as_str().to_owned(), mailbox.clone());
-        let handler = Self { id, user, shared, mailbox, member, sends, strikes: 0 };
-        handler.queue("welcome", welcome);
+        let handler = Handler::open(session, shared, None);
+        let writer = handler.shared.tracker.spawn(write_loop(write, handler.mailbox.clone()));
         Some(Open { handler, reader: FragmentCollectorRead::new(read), writer })
     }
 }
@@ -158,14 +109,11 @@ impl Open {
     /// Reads until the socket ends, then takes it out of everything and
     /// waits for its close frame to go.
     async fn run(mut self) {
-        let reason = self.handler.read_loop(&mut self.reader).await;
+        let reason = read_loop(&mut self.handler, &mut self.reader).await;
         let handler = self.handler;
-        handler.shared.membership.close(&handler.member);
-        handler.shared.sockets.remove(handler.id);
-        handler.shared.limits.close_socket(handler.user.as_str());
         // The writer sends the close frame (the first reason given wins) and
         // stops, even in the middle of a write to a peer that does not read.
-        handler.mailbox.close(reason);
+        handler.finish(reason);
         let (id, tracker) = (handler.id, handler.shared.tracker.clone());
         drop(handler);
         let _ = self.writer.await;
@@ -175,167 +123,50 @@ impl Open {
     }
 }
 
-impl Handler {
-    async fn read_loop(&mut self, read: &mut FragmentCollectorRead<ReadStream>) -> CloseReason {
-        // Frames the protocol obliges us to send go through the same queue as
-        // everything else (pongs), or are the socket's close (the echo).
-        let obliged = self.mailbox.clone();
-        let mut obligated = move |frame: Frame<'_>| {
-            if frame.opcode == OpCode::Close {
-                obliged.close(CloseReason { code: close_code(&frame.payload), text: "" });
-            } else {
-                obliged.push(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
-            }
-            std::future::ready(Ok::<(), std::io::Error>(()))
-        };
-        let closed = self.mailbox.clone();
-        loop {
-            let frame = tokio::select! {
-                frame = read.read_frame(&mut obligated) => frame,
-                reason = closed.closed() => return reason,
-            };
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(error) => return close_reason(&error),
-            };
-            self.mailbox.heard();
-            match frame.opcode {
-                OpCode::Text => match std::str::from_utf8(&frame.payload) {
-                    Ok(text) => {
-                        // Boxed: what a frame leads to (a join awaits Redis)
-                        // would otherwise size the future of every socket,
-                        // idle ones included.
-                        if let Some(reason) = Box::pin(self.on_text(text)).await {
-                            return reason;
-                        }
-                    }
-                    Err(_) => return CloseReason { code: close::INVALID_PAYLOAD, text: "text is not UTF-8" },
-                },
-                OpCode::Binary => {
-                    metrics::frame_in("binary");
-                    let error = FrameError::new("binary_unsupported", "send JSON text frames");
-                    self.queue("error", error.encode());
-                }
-                OpCode::Close => return CloseReason { code: close::NORMAL, text: "" },
-                _ => {}
-            }
+/// Reads frames and hands their text to `handler` until the socket ends.
+async fn read_loop(handler: &mut Handler, read: &mut FragmentCollectorRead<ReadStream>) -> CloseReason {
+    // Frames the protocol obliges us to send go through the same queue as
+    // everything else (pongs), or are the socket's close (the echo).
+    let obliged = handler.mailbox.clone();
+    let mut obligated = move |frame: Frame<'_>| {
+        if frame.opcode == OpCode::Close {
+            obliged.close(CloseReason { code: close_code(&frame.payload), text: "" });
+        } else {
+            obliged.push(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
         }
-    }
-
-    /// Acts on one text frame; `Some` when the socket must close.
-    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
-        let frame = match protocol::decode(text) {
+        std::future::ready(Ok::<(), std::io::Error>(()))
+    };
+    let closed = handler.mailbox.clone();
+    loop {
+        let frame = tokio::select! {
+            frame = read.read_frame(&mut obligated) => frame,
+            reason = closed.closed() => return reason,
+        };
+        let frame = match frame {
             Ok(frame) => frame,
-            Err(error) => {
-                metrics::frame_in("invalid");
-                self.queue("error", error.encode());
-                return None;
-            }
+            Err(error) => return close_reason(&error),
         };
-        metrics::frame_in(frame.kind());
-        match frame {
-            ClientFrame::Join { room, since } => {
-                if let Err(error) = self.shared.membership.join(&mut self.member, room, since).await {
-                    self.queue("error", error.encode());
-                }
-            }
-            ClientFrame::Leave { room } => {
-                self.shared.membership.leave(&mut self.member, &room);
-                self.queue("left", ServerFrame::Left { room: &room }.encode());
-            }
-            ClientFrame::Members { room } => self.on_members(&room).await,
-            ClientFrame::Ping => self.queue("pong", ServerFrame::Pong.encode()),
-            ClientFrame::Send { room, text, cid } => {
-                if !self.member.is_in(&room) {
-                    let error = FrameError::new("not_joined", format!("join {room:?} before sending to it"));
-                    self.queue("error", error.with_cid(Some(cid)).encode());
-                    return None;
-                }
-                if let Err(RetryAfter(wait)) = self.take_send_token() {
-                    self.strikes += 1;
-                    if self.strikes >= ABUSE_STRIKES {
-                        return Some(CloseReason::ABUSE);
+        handler.mailbox.heard();
+        match frame.opcode {
+            OpCode::Text => match std::str::from_utf8(&frame.payload) {
+                Ok(text) => {
+                    // Boxed: what a frame leads to (a join awaits Redis)
+                    // would otherwise size the future of every socket,
+                    // idle ones included.
+                    if let Some(reason) = Box::pin(handler.on_text(text)).await {
+                        return reason;
                     }
-                    let error = FrameError::new("rate_limited", "too many sends; retry later")
-                        .with_cid(Some(cid))
-                        .with_retry_after(wait);
-                    self.queue("error", error.encode());
-                    return None;
                 }
-                self.strikes = 0;
-                self.spawn_send(room, text, cid);
+                Err(_) => return CloseReason { code: close::INVALID_PAYLOAD, text: "text is not UTF-8" },
+            },
+            OpCode::Binary => {
+                metrics::frame_in("binary");
+                let error = FrameError::new("binary_unsupported", "send JSON text frames");
+                handler.queue("error", error.encode());
             }
+            OpCode::Close => return CloseReason { code: close::NORMAL, text: "" },
+            _ => {}
         }
-        None
-    }
-
-    /// Answers `members` with the whole list of a joined room, as of a
-    /// point after which the socket is told every change (see
-    /// [`crate::presence::Presence::members`]).
-    async fn on_members(&self, room: &str) {
-        if !self.member.is_in(room) {
-            let error = FrameError::new("not_joined", format!("join {room:?} before asking for its members"));
-            self.queue("error", error.encode());
-            return;
-        }
-        if let Err(RetryAfter(wait)) = self.shared.limits.member_list(self.user.as_str()) {
-            let error = FrameError::new("rate_limited", "too many member lists; retry later").with_retry_after(wait);
-            self.queue("error", error.encode());
-            return;
-        }
-        let presence = &self.shared.membership.presence;
-        match presence.members(room, self.id).await {
-            Some(members) => self.queue("members", ServerFrame::Members { room, members: &members }.encode()),
-            None => {
-                let error = FrameError::new("unavailable", "the member list is unavailable now; retry later");
-                self.queue("error", error.encode());
-            }
-        }
-        presence.listed(room, self.id);
-    }
-
-    /// One send from the socket's bucket and the user's.
-    fn take_send_token(&self) -> Result<(), RetryAfter> {
-        self.shared.limits.socket_send(&self.sends)?;
-        self.shared.limits.user_send(self.user.as_str())
-    }
-
-    /// Publishes in the background so that the socket keeps reading; the ack
-    /// (or error) is queued when the bridge answers.
-    fn spawn_send(&self, room: String, text: String, cid: String) {
-        let (upstream, mailbox) = (self.shared.upstream.clone(), self.mailbox.clone());
-        let user = self.user.as_str().to_owned();
-        // One span per send; its context travels to the bridge, into the
-        // broker and back to every gateway that delivers the message.
-        let span = tracing::info_span!("ws.send", socket = self.id);
-        let traceparent = ops::telemetry::traceparent_of(&span);
-        let send = async move {
-            let started = std::time::Instant::now();
-            let (kind, reply) = match upstream.publish(&room, &user, &text, &cid, traceparent).await {
-                Ok(id) => ("ack", ServerFrame::Ack { cid: &cid, id }.encode()),
-                Err(failure) => {
-                    let error = ServerFrame::Error {
-                        code: &failure.code,
-                        message: &failure.message,
-                        cid: Some(&cid),
-                        retry_after_ms: None,
-                        room: None,
-                    };
-                    ("error", error.encode())
-                }
-            };
-            metrics::send_answered(started.elapsed());
-            metrics::frame_out(kind);
-            mailbox.offer(reply);
-        };
-        self.shared.tracker.spawn(tracing::Instrument::instrument(send, span));
-    }
-
-    /// Queues a reply. A client that asks for more than it reads fills its
-    /// queue like any slow reader, and is closed like one.
-    fn queue(&self, kind: &'static str, frame: Bytes) {
-        metrics::frame_out(kind);
-        self.mailbox.offer(frame);
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! - [`stack`]: processes on free loopback ports, killed on drop.
 //! - [`http`]: a small HTTP/1.1 client with a cookie.
-//! - [`ws`]: a WebSocket client speaking the JSON protocol.
+//! - [`ws`]: a client speaking the JSON protocol, over a WebSocket or
+//!   ([`sse`]) an event stream and its POSTs.
 //! - [`services`]: private Redis and RabbitMQ servers on free loopback ports,
 //!   to stop, kill and restart (chaos tests); the shared ones stay untouched.
 //! - [`pki`] (feature `pki`): a throwaway CA and certificates, for TLS tests.
@@ -16,6 +17,7 @@ pub mod http;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod services;
+pub mod sse;
 pub mod stack;
 pub mod ws;
 

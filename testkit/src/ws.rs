@@ -1,4 +1,6 @@
-//! A WebSocket client that speaks Warren's JSON protocol, for tests.
+//! A client that speaks Warren's JSON protocol, for tests: over a WebSocket
+//! ([`connect`]) or an event stream ([`crate::sse::connect`]), behind one
+//! [`Socket`], so that a test runs on either.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,10 +40,16 @@ pub enum Event {
 /// An open socket. Frames read while looking for a particular one are kept,
 /// in order, for the next read: no helper drops a frame.
 pub struct Socket {
-    ws: FragmentCollector<TokioIo<Upgraded>>,
+    link: Link,
     kept: std::collections::VecDeque<Value>,
     /// How long a read waits for one frame.
     patience: Duration,
+}
+
+/// What carries a socket's frames.
+enum Link {
+    Ws(FragmentCollector<TokioIo<Upgraded>>),
+    Sse(crate::sse::Stream),
 }
 
 impl std::fmt::Debug for Socket {
@@ -102,17 +110,33 @@ pub async fn connect_with_cookies(
     }
     let request = request.body(Empty::<Bytes>::new()).map_err(|e| Refused::Other(e.into()))?;
     match fastwebsockets::handshake::client(&SpawnExecutor, request, stream).await {
-        Ok((ws, _)) => Ok(Socket {
-            ws: FragmentCollector::new(ws),
-            kept: std::collections::VecDeque::new(),
-            patience: FRAME_TIMEOUT,
-        }),
+        Ok((ws, _)) => Ok(Socket::over(Link::Ws(FragmentCollector::new(ws)))),
         Err(WebSocketError::InvalidStatusCode(status)) => Err(Refused::Status(status)),
         Err(error) => Err(Refused::Other(error.into())),
     }
 }
 
 impl Socket {
+    fn over(link: Link) -> Self {
+        Self { link, kept: std::collections::VecDeque::new(), patience: FRAME_TIMEOUT }
+    }
+
+    /// A socket on an event stream whose `welcome` was read already (it is
+    /// kept, and read first).
+    pub(crate) fn over_stream(stream: crate::sse::Stream, welcome: Value) -> Self {
+        let mut socket = Self::over(Link::Sse(stream));
+        socket.kept.push_back(welcome);
+        socket
+    }
+
+    /// The event stream's token; `None` on a WebSocket.
+    pub fn stream_token(&self) -> Option<&str> {
+        match &self.link {
+            Link::Ws(_) => None,
+            Link::Sse(stream) => Some(stream.token()),
+        }
+    }
+
     /// Waits up to `patience` for each frame instead of [`FRAME_TIMEOUT`]:
     /// for bulk tests, whose point is what arrives, not how fast, on a
     /// machine that may be busy with other tests.
@@ -135,7 +159,10 @@ impl Socket {
     /// # Errors
     /// When the socket is gone.
     pub async fn send_text(&mut self, text: &str) -> anyhow::Result<()> {
-        self.ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes()))).await?;
+        match &mut self.link {
+            Link::Ws(ws) => ws.write_frame(Frame::text(Payload::Borrowed(text.as_bytes()))).await?,
+            Link::Sse(stream) => stream.post(text).await?,
+        }
         Ok(())
     }
 
@@ -144,7 +171,8 @@ impl Socket {
     /// # Errors
     /// When the socket is gone.
     pub async fn send_binary(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.ws.write_frame(Frame::binary(Payload::Borrowed(bytes))).await?;
+        let Link::Ws(ws) = &mut self.link else { bail!("an event stream carries no binary frames") };
+        ws.write_frame(Frame::binary(Payload::Borrowed(bytes))).await?;
         Ok(())
     }
 
@@ -153,7 +181,13 @@ impl Socket {
     /// # Errors
     /// On timeout, a broken socket or a frame that is not JSON.
     pub async fn next_event(&mut self) -> anyhow::Result<Event> {
-        let frame = tokio::time::timeout(self.patience, self.ws.read_frame()).await.context("no frame in time")??;
+        let ws = match &mut self.link {
+            Link::Ws(ws) => ws,
+            Link::Sse(stream) => {
+                return tokio::time::timeout(self.patience, stream.next_event()).await.context("no event in time")?;
+            }
+        };
+        let frame = tokio::time::timeout(self.patience, ws.read_frame()).await.context("no frame in time")??;
         match frame.opcode {
             OpCode::Text => Ok(Event::Json(serde_json::from_slice(&frame.payload)?)),
             OpCode::Close => {
