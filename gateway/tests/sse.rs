@@ -2,19 +2,23 @@
 //! RabbitMQ: the same protocol and guarantees as a WebSocket, refusals with
 //! their statuses, frames posted to any gateway, logouts and drains.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use http::StatusCode;
 use serde_json::json;
-use support::one_gateway;
 use testkit::http::Client;
 use testkit::sse;
-use testkit::stack::{Shape, Stack};
+use testkit::stack::{Extras, Shape, Stack};
 use testkit::ws::{self, Refused, Socket};
+
+/// One gateway (and a bridge) with extra environment.
+async fn one_gateway(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
+    let gateway_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, Extras { gateway_env, ..Extras::default() })
+        .await
+}
 
 /// Logs `user` in at `addr`; the client and its `Cookie` header.
 async fn login(addr: SocketAddr, user: &str) -> anyhow::Result<(Client, String)> {
@@ -177,7 +181,7 @@ async fn a_logout_ends_the_stream_and_its_token() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_draining_gateway_tells_its_streams_to_reconnect() -> anyhow::Result<()> {
-    let mut stack = Stack::start(Shape { bridges: 1, gateways: 2, haproxy: false }).await?;
+    let stack = Stack::start(Shape { bridges: 1, gateways: 2, haproxy: false }).await?;
     let (holder, other) = (stack.gateways[0].addr, stack.gateways[1].addr);
     let (_, cookies) = login(holder, &testkit::unique("dora")).await?;
     let (mut dora, _) = stream(holder, &cookies).await?;
