@@ -1,7 +1,10 @@
 /*
  * Warren chat client: the script behind chat.html.
  *
- * Speaks the client protocol of docs/protocol.md over one WebSocket at /ws:
+ * Speaks the client protocol of docs/protocol.md over one WebSocket at /ws,
+ * or, where a WebSocket cannot be opened (twice in a row, without ever
+ * opening), over the event stream at /sse with its frames POSTed back
+ * (`?transport=sse` or `?transport=ws` forces one; the top bar shows which):
  * checks the session, joins the remembered rooms (replaying from the last id
  * seen after a reconnect), renders messages de-duplicated and sorted by id,
  * keeps sends pending until their ack and resends them with the same cid
@@ -31,6 +34,9 @@
   const JOIN_RETRY_MS = 1000;    // a join refused as `unavailable` is sent again after this (or retry_after_ms)
   const MEMBERS_RETRY_MS = 1000; // a refused `members` request is asked again after this (or retry_after_ms)
   const LOGIN = 'login';         // checkSession(): no valid session
+  const WS_FAILS_BEFORE_SSE = 2; // WebSockets that never opened, in a row, before falling back
+  const TRANSPORT_KEY = 'warren.transport';
+  const FORCED = new URLSearchParams(location.search).get('transport'); // 'ws' | 'sse' | null
 
   const $ = (id) => document.getElementById(id);
 
@@ -38,7 +44,11 @@
     user: '',
     instance: '',
     conn: 'connecting',     // connected | connecting | reconnecting | offline
-    socket: null,
+    socket: null,           // the open transport: { kind, send(text), close() }
+    transport: FORCED === 'sse' || FORCED === 'ws' ? FORCED
+      : (sessionStorage.getItem(TRANSPORT_KEY) === 'sse' ? 'sse' : 'ws'),
+    wsFailures: 0,          // WebSockets in a row that failed before opening
+    notices: 0,             // `reconnect` notices received (the drain tests read it)
     connecting: false,      // a session check is in flight
     attempt: 0,             // failed attempts since the last welcome
     reconnectAt: 0,
@@ -240,22 +250,96 @@
 
   /** Sends a frame if the socket is open; anything that matters is resent after a reconnect. */
   function transmit(frame) {
-    const ws = st.socket;
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+    if (st.socket) st.socket.send(JSON.stringify(frame));
   }
 
   function openSocket() {
-    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
-    const ws = new WebSocket(url);
-    st.socket = ws;
+    st.socket = st.transport === 'sse' ? openStream() : openWebSocket();
+    $('transport').textContent = st.transport === 'sse' ? 'SSE' : 'WebSocket';
     armDeadTimer();
     // Browsers answer the server's WebSocket pings without telling scripts,
-    // so a quiet room would look dead: ping at the application level too.
+    // and event streams' heartbeats are comments scripts never see, so a
+    // quiet room would look dead: ping at the application level too.
     clearInterval(st.timers.ping);
     st.timers.ping = setInterval(() => transmit({ type: 'ping' }), PING_EVERY_MS);
-    ws.onmessage = (ev) => { if (ws === st.socket) { armDeadTimer(); onFrame(ev.data); } };
-    ws.onclose = () => { if (ws === st.socket) lost(); };
-    ws.onerror = () => { if (ws === st.socket) lost(); };
+  }
+
+  function openWebSocket() {
+    const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+    const ws = new WebSocket(url);
+    let opened = false;
+    const conn = {
+      kind: 'ws',
+      send: (text) => { if (ws.readyState === WebSocket.OPEN) ws.send(text); },
+      close: () => {
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        try { ws.close(); } catch (_) { /* already closing */ }
+      },
+    };
+    ws.onopen = () => { opened = true; st.wsFailures = 0; };
+    ws.onmessage = (ev) => { if (conn === st.socket) { armDeadTimer(); onFrame(ev.data); } };
+    ws.onclose = ws.onerror = () => {
+      if (conn !== st.socket) return;
+      if (!opened) webSocketFailed();
+      lost();
+    };
+    return conn;
+  }
+
+  /**
+   * A WebSocket that never opened, though the session check before it went
+   * through: something between us and the server breaks WebSockets. After
+   * a few in a row, this tab uses the event stream instead.
+   */
+  function webSocketFailed() {
+    st.wsFailures++;
+    if (FORCED || st.wsFailures < WS_FAILS_BEFORE_SSE) return;
+    st.transport = 'sse';
+    save(sessionStorage, TRANSPORT_KEY, 'sse');
+    st.attempt = 0; // the fallback is tried at once
+  }
+
+  /**
+   * The event stream: frames arrive as events; the page's frames go out as
+   * POSTs naming the stream, one after the other so that they keep their
+   * order. A POST answered 404 (the stream exists nowhere) or 401, or that
+   * fails, means the stream is gone; the server's `close` event too.
+   */
+  function openStream() {
+    const es = new EventSource('/sse');
+    let token = null;
+    let chain = Promise.resolve();
+    const conn = {
+      kind: 'sse',
+      send: (text) => {
+        if (!token) return;
+        const url = `/sse?stream=${encodeURIComponent(token)}`;
+        chain = chain.then(() => fetch(url, {
+          method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' }, body: text,
+        })).then((res) => {
+          if ((res.status === 404 || res.status === 401 || res.status === 503) && conn === st.socket) lost();
+        }, () => { if (conn === st.socket) lost(); });
+      },
+      close: () => {
+        es.onmessage = es.onerror = null;
+        es.removeEventListener('close', onClose);
+        es.close();
+      },
+    };
+    const onClose = () => { if (conn === st.socket) lost(); };
+    es.addEventListener('close', onClose);
+    es.onmessage = (ev) => {
+      if (conn !== st.socket) return;
+      armDeadTimer();
+      if (!token) {
+        try { token = JSON.parse(ev.data).stream || null; } catch (_) { /* onFrame ignores it too */ }
+      }
+      onFrame(ev.data);
+    };
+    // EventSource would retry by itself; the page reconnects its own way
+    // (a session check first, backoff, the join's replay).
+    es.onerror = () => { if (conn === st.socket) lost(); };
+    return conn;
   }
 
   function armDeadTimer() {
@@ -265,14 +349,11 @@
 
   /** The socket is gone (or must go): drop it and schedule a reconnect. */
   function lost(afterMs) {
-    const ws = st.socket;
+    const conn = st.socket;
     st.socket = null;
     clearTimeout(st.timers.dead);
     clearInterval(st.timers.ping);
-    if (ws) {
-      ws.onmessage = ws.onclose = ws.onerror = null;
-      try { ws.close(); } catch (_) { /* already closing */ }
-    }
+    if (conn) conn.close();
     st.rooms.forEach((r) => { r.joined = false; });
     scheduleReconnect(afterMs);
   }
@@ -345,7 +426,7 @@
       case 'message': return onMessage(f);
       case 'ack': return onAck(f);
       case 'error': return onError(f);
-      case 'reconnect': return lost(Math.max(0, Number(f.after_ms) || 0));
+      case 'reconnect': st.notices++; return lost(Math.max(0, Number(f.after_ms) || 0));
       default: return undefined; // 'left', 'pong' and anything newer: nothing to do
     }
   }
@@ -570,6 +651,8 @@
   window.warren = {
     state: () => st.conn,
     instance: () => st.instance,
+    transport: () => (st.socket ? st.socket.kind : null),
+    notices: () => st.notices,
     messages: (name) => {
       const r = st.rooms.get(name || st.current);
       return r ? r.items.filter((i) => i.id != null).map((i) => ({ id: i.id, user: i.user, text: i.text })) : [];

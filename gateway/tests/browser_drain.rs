@@ -2,6 +2,9 @@
 //! gateway the page is on while another client keeps sending, and the page
 //! moves to another gateway without the login page, shows what was sent in
 //! the gap exactly once, and a message typed in the gap is delivered once.
+//! Once over a WebSocket, once behind a balancer that refuses WebSockets:
+//! there the page falls back to the event stream by itself, and the same
+//! holds (the sender stays on a WebSocket, so the two transports chat).
 //!
 //! The browser side is `gateway/tests/js/drain.mjs`; this test owns the
 //! stack and the sending client, and the two exchange JSON lines (the
@@ -18,7 +21,7 @@ use anyhow::Context;
 use node_script::NodeScript;
 use serde_json::{Value, json};
 use testkit::http::Client;
-use testkit::stack::{Shape, Stack};
+use testkit::stack::{Extras, Front, Shape, Stack};
 use testkit::ws;
 
 /// The whole test, stack included.
@@ -28,14 +31,21 @@ const GAP_MESSAGES: usize = 5;
 
 #[tokio::test]
 async fn the_page_moves_to_another_gateway_when_its_own_drains() -> anyhow::Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, drain_under_the_page()).await.context("the test took over 90 s")?
+    tokio::time::timeout(TEST_TIMEOUT, drain_under_the_page("ws")).await.context("the test took over 90 s")?
 }
 
-async fn drain_under_the_page() -> anyhow::Result<()> {
-    let mut stack = Stack::start(Shape { bridges: 1, gateways: 3, haproxy: true }).await?;
+#[tokio::test]
+async fn behind_a_proxy_that_breaks_websockets_the_page_streams_and_survives_a_drain() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, drain_under_the_page("sse")).await.context("the test took over 90 s")?
+}
+
+async fn drain_under_the_page(transport: &str) -> anyhow::Result<()> {
+    let front = Front { refuse_websockets: transport == "sse", ..Front::default() };
+    let extras = Extras { front, ..Extras::default() };
+    let mut stack = Stack::start_with(Shape { bridges: 1, gateways: 3, haproxy: true }, extras).await?;
     let room = testkit::unique("drain");
     let url = format!("http://{}", stack.front());
-    let mut script = NodeScript::spawn("drain.mjs", &["--url", &url, "--room", &room])?;
+    let mut script = NodeScript::spawn("drain.mjs", &["--url", &url, "--room", &room, "--transport", transport])?;
 
     // The page is logged in, in the room, on some gateway.
     let ready = script.expect("ready").await?;

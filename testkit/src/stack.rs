@@ -165,6 +165,8 @@ pub struct Extras {
     pub drain_window: Option<Duration>,
     /// More environment for every gateway (limits, say).
     pub gateway_env: Vec<(String, String)>,
+    /// How HAProxy in front differs from the shipped config.
+    pub front: Front,
     /// More environment for every gateway and bridge (tracing, say).
     pub common_env: Vec<(String, String)>,
     /// Start each process without waiting until it is ready, only until its
@@ -173,6 +175,37 @@ pub struct Extras {
     /// stack's later starts too (restarts, spares); HAProxy still waits for a
     /// gateway it can route to.
     pub allow_unready: bool,
+}
+
+/// What a user's network may do that the shipped HAProxy config does not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Front {
+    /// Round robin instead of the hash on the session cookie: no affinity.
+    pub round_robin: bool,
+    /// Refuse WebSocket upgrades (403), as proxies that break them do.
+    pub refuse_websockets: bool,
+}
+
+impl Front {
+    /// The shipped config, changed as asked; fails if the lines it changes
+    /// are gone from the template.
+    fn apply(self, mut config: String) -> anyhow::Result<String> {
+        let mut change = |from: &str, to: &str| {
+            anyhow::ensure!(config.contains(from), "the HAProxy template has no {from:?} any more");
+            config = config.replace(from, to);
+            Ok(())
+        };
+        if self.round_robin {
+            change("    balance hash req.cook(", "    balance roundrobin\n    # was: balance hash req.cook(")?;
+        }
+        if self.refuse_websockets {
+            change(
+                "    default_backend gateways",
+                "    http-request deny deny_status 403 if { hdr(upgrade) -i websocket }\n    default_backend gateways",
+            )?;
+        }
+        Ok(config)
+    }
 }
 
 /// A running stack.
@@ -242,7 +275,7 @@ impl Stack {
             let mut servers: Vec<(SocketAddr, SocketAddr)> = stack.gateways.iter().map(|g| (g.addr, g.admin)).collect();
             servers.extend(stack.spares.iter().copied());
             let cookie = session_cookie_name(&stack.gateway_env);
-            stack.haproxy = Some(start_haproxy(&stack._dir.path, &servers, cookie).await?);
+            stack.haproxy = Some(start_haproxy(&stack._dir.path, &servers, cookie, extras.front).await?);
         }
         Ok(stack)
     }
@@ -419,6 +452,7 @@ async fn start_haproxy(
     dir: &Path,
     gateways: &[(SocketAddr, SocketAddr)],
     cookie: &str,
+    front_end: Front,
 ) -> anyhow::Result<(Process, SocketAddr)> {
     let front = free_addr()?;
     let template = std::fs::read_to_string(repo_root().join("scripts/haproxy/haproxy.cfg.in"))?;
@@ -431,6 +465,7 @@ async fn start_haproxy(
         .replace("@@BIND@@", &front.to_string())
         .replace("@@COOKIE@@", cookie)
         .replace("@@SERVERS@@", &servers.join("\n"));
+    let config = front_end.apply(config)?;
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config)?;
     let mut command = Command::new("haproxy");

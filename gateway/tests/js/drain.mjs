@@ -3,7 +3,10 @@
 // repeats nothing. Driven by gateway/tests/browser_drain.rs, which owns the
 // gateways and the other client; the two talk in JSON lines.
 //
-//   node drain.mjs --url http://127.0.0.1:PORT --room ROOM
+//   node drain.mjs --url http://127.0.0.1:PORT --room ROOM [--transport ws|sse]
+//
+// With `--transport sse` the balancer in front refuses WebSockets: the page
+// must fall back to the event stream by itself, and stay on it.
 //
 // script (stdout)                          test (stdin)
 //   {"ready":true,"instance","user"}
@@ -55,8 +58,9 @@ async function joinRoom(page, room) {
 
 /**
  * What the page does, in ms since the page was created: navigations of the
- * main frame, `/session` requests, new sockets, and `reconnect` notices on any
- * socket. `reset()` clears the lists (the login's share) but keeps watching.
+ * main frame, `/session` requests, new sockets or event streams, and
+ * `reconnect` notices on any socket (event streams' notices are counted by
+ * the page). `reset()` clears the lists (the login's share) but keeps watching.
  */
 function watch(page) {
   const seen = { navigations: [], sessions: [], sockets: [], notices: [], t0: Date.now() };
@@ -72,7 +76,9 @@ function watch(page) {
     if (frame === page.mainFrame()) seen.navigations.push(frame.url());
   });
   page.on('request', (req) => {
-    if (new URL(req.url()).pathname === '/session') seen.sessions.push(at());
+    const path = new URL(req.url()).pathname;
+    if (path === '/session') seen.sessions.push(at());
+    if (path === '/sse' && req.method() === 'GET') seen.sockets.push({ opened: at(), stream: true });
   });
   page.on('websocket', (ws) => {
     const entry = { opened: at(), closed: null };
@@ -112,7 +118,8 @@ async function holdSessions(page) {
   };
 }
 
-async function run(base, { room }) {
+async function run(base, { room, transport = 'ws' }) {
+  check(['ws', 'sse'].includes(transport), `--transport ${transport}: ws or sse`);
   const browser = await launchBrowser();
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
@@ -127,6 +134,10 @@ async function run(base, { room }) {
   await joinRoom(page, room);
   const first = await page.evaluate(() => window.warren.instance());
   check(first, 'the page shows no instance');
+  const over = await page.evaluate(() => window.warren.transport());
+  check(over === transport, `the page is on ${over}, expected ${transport}`);
+  check(await page.textContent('#transport') === (transport === 'sse' ? 'SSE' : 'WebSocket'),
+    'the page does not show its transport');
   seen.reset();
   say({ ready: true, instance: first, user });
 
@@ -192,7 +203,9 @@ async function run(base, { room }) {
   check(seen.navigations.length === 0, `the page navigated: ${seen.navigations.join(', ')}`);
   check(await page.$('input[name="user"]') === null, 'the login form is on the page');
   check(await page.textContent('#me') === user, 'the page lost its user');
-  check(seen.notices.length === 1, `expected one reconnect notice, got ${JSON.stringify(seen.notices)}`);
+  const notices = transport === 'sse' ? await page.evaluate(() => window.warren.notices()) : seen.notices.length;
+  check(notices === 1, `expected one reconnect notice, got ${notices} (${JSON.stringify(seen.notices)})`);
+  check(await page.evaluate(() => window.warren.transport()) === transport, `the page left ${transport}`);
   check(seen.sockets.length === 1, `expected exactly one new socket, got ${seen.sockets.length}`);
   check(seen.sessions.length >= 1 && seen.sessions[0] < seen.sockets[0].opened,
     `the new socket did not follow a GET /session (sessions at ${seen.sessions}, socket at ${seen.sockets[0].opened})`);
@@ -201,9 +214,9 @@ async function run(base, { room }) {
 
 main({
   name: 'drain',
-  options: ['url', 'room'],
+  options: ['url', 'room', 'transport'],
   required: ['url', 'room'],
-  usage: '--url http://127.0.0.1:PORT --room ROOM',
+  usage: '--url http://127.0.0.1:PORT --room ROOM [--transport ws|sse]',
   timeoutMs: GLOBAL_TIMEOUT_MS,
   lines: true,
   run,
