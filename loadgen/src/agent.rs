@@ -21,7 +21,7 @@ use testkit::http::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{Ledger, Received};
-use crate::socket::{Event, Refused, Socket};
+use crate::socket::{Event, Refused, Socket, Transport};
 
 /// How often a user sends an application `ping` (answered by `pong`).
 const PING_EVERY: Duration = Duration::from_secs(5);
@@ -96,6 +96,8 @@ pub struct Profile {
     pub room: String,
     /// Mean time between its sends.
     pub send_every: Duration,
+    /// A WebSocket, or an event stream.
+    pub transport: Transport,
 }
 
 /// What one user measured.
@@ -241,7 +243,7 @@ impl Agent {
     /// what is unacked.
     async fn open(&mut self) -> Option<Socket> {
         let cookie = self.http.cookie.clone().unwrap_or_default();
-        let mut socket = match Socket::connect(self.run.front, &cookie).await {
+        let mut socket = match Socket::connect_over(self.run.front, &cookie, self.profile.transport).await {
             Ok(socket) => socket,
             Err(refused) => {
                 if matches!(refused, Refused::Status(401)) {

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use testkit::services::{RabbitNode, RedisServer};
-use testkit::stack::{Extras, Shape, Stack};
+use testkit::stack::{Extras, Front, Shape, Stack};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Profile, Report, Run};
 use crate::ledger::Ledger;
+use crate::socket::Transport;
 
 /// How many users and for how long.
 #[derive(Debug, Clone)]
@@ -30,6 +31,28 @@ pub struct Load {
     pub send_every: Duration,
     /// After sending stops, how long users keep listening for the rest.
     pub settle: Duration,
+    /// The share of users on an event stream instead of a WebSocket (0 to 1).
+    pub sse_share: f64,
+}
+
+impl Load {
+    /// How many of the users are on event streams.
+    pub fn sse_clients(&self) -> usize {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let count = (self.clients as f64 * self.sse_share.clamp(0.0, 1.0)).round() as usize;
+        count.min(self.clients)
+    }
+
+    /// Every n-th user is on an event stream, spread over rooms and time.
+    fn transport_of(&self, user: usize) -> Transport {
+        let streams = self.sse_clients();
+        // Users 0, k, 2k, ... for streams = clients / k.
+        if streams > 0 && user * streams / self.clients != (user + 1) * streams / self.clients {
+            Transport::Sse
+        } else {
+            Transport::Ws
+        }
+    }
 }
 
 /// The last line of a run.
@@ -37,6 +60,8 @@ pub struct Load {
 pub struct Verdict {
     /// Users.
     pub clients: usize,
+    /// Of them, users on an event stream.
+    pub sse_clients: usize,
     /// Messages acked in all.
     pub acked: usize,
     /// Acked messages some user of their room never received.
@@ -89,6 +114,7 @@ where
             user: format!("{prefix}-u{n}"),
             room: format!("{prefix}-r{}", n % load.rooms.max(1)),
             send_every: load.send_every,
+            transport: load.transport_of(n),
         };
         users.spawn(agent::run(run.clone(), profile));
         // Spread the logins a little, as real users arrive.
@@ -107,7 +133,9 @@ where
     }
     progress.abort();
     faults_result?;
-    Ok(judge(load.clients, &ledger, &reports))
+    let mut verdict = judge(load.clients, &ledger, &reports);
+    verdict.sse_clients = load.sse_clients();
+    Ok(verdict)
 }
 
 async fn report_progress(ledger: Arc<Ledger>, stop: CancellationToken) {
@@ -142,6 +170,7 @@ pub fn judge(clients: usize, ledger: &Ledger, reports: &[Report]) -> Verdict {
     times.sort_unstable();
     Verdict {
         clients,
+        sse_clients: 0,
         acked: ledger.total(),
         lost,
         duplicates: reports.iter().map(|r| r.received.duplicates).sum(),
@@ -182,7 +211,7 @@ impl Lab {
     ///
     /// # Errors
     /// When a service or process does not start.
-    pub async fn start(bridges: usize, gateways: usize, drain_window: Duration) -> anyhow::Result<Self> {
+    pub async fn start(bridges: usize, gateways: usize, drain_window: Duration, front: Front) -> anyhow::Result<Self> {
         let redis = RedisServer::start().await.context("start Redis")?;
         let rabbit = RabbitNode::start().await.context("start RabbitMQ")?;
         let extras = Extras {
@@ -190,6 +219,7 @@ impl Lab {
             amqp_url: Some(rabbit.url()),
             spare_gateways: 1,
             drain_window: Some(drain_window),
+            front,
             ..Extras::default()
         };
         let stack = Stack::start_with(Shape { bridges, gateways, haproxy: true }, extras).await?;

@@ -18,3 +18,4 @@ pub mod chaos;
 pub mod ledger;
 pub mod load;
 pub mod socket;
+pub mod stream;

@@ -346,12 +346,30 @@ fn close_of(payload: &[u8]) -> (u16, String) {
 
 // === impl Socket ===
 
-/// An open socket whose frames arrive, decoded, on a channel.
+/// How a client reaches the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A WebSocket at `/ws`.
+    #[default]
+    Ws,
+    /// An event stream at `/sse`, with frames POSTed back.
+    Sse,
+}
+
+/// An open socket (or event stream) whose frames arrive, decoded, on a
+/// channel.
 #[derive(Debug)]
 pub struct Socket {
-    writer: Writer,
+    writer: Sender,
     /// Frames and the end of the connection, in order.
     pub events: mpsc::Receiver<Event>,
+}
+
+#[derive(Debug)]
+enum Sender {
+    Ws(Writer),
+    Sse(crate::stream::Poster),
 }
 
 impl Socket {
@@ -360,20 +378,38 @@ impl Socket {
     /// # Errors
     /// [`Refused`] when the upgrade does not succeed.
     pub async fn connect(addr: SocketAddr, cookie: &str) -> Result<Self, Refused> {
+        Self::connect_over(addr, cookie, Transport::Ws).await
+    }
+
+    /// Opens `/ws` or `/sse` at `addr` with the session cookie.
+    ///
+    /// # Errors
+    /// [`Refused`] when the socket or stream is not opened.
+    pub async fn connect_over(addr: SocketAddr, cookie: &str, transport: Transport) -> Result<Self, Refused> {
+        if transport == Transport::Sse {
+            let (events, poster) = crate::stream::open(addr, cookie).await?;
+            return Ok(Self { writer: Sender::Sse(poster), events });
+        }
         let (reader, writer) = open(addr, None, cookie).await?;
         let (events_tx, events) = mpsc::channel(1024);
         tokio::spawn(read_loop(reader, events_tx));
-        Ok(Self { writer, events })
+        Ok(Self { writer: Sender::Ws(writer), events })
     }
 
     /// Queues a JSON frame; false when the socket is gone.
     pub fn send(&self, frame: &Value) -> bool {
-        self.writer.send(frame)
+        match &self.writer {
+            Sender::Ws(writer) => writer.send(frame),
+            Sender::Sse(poster) => poster.send_text(frame.to_string()),
+        }
     }
 
     /// Closes the socket from our side.
     pub fn close(&self) {
-        self.writer.close();
+        match &self.writer {
+            Sender::Ws(writer) => writer.close(),
+            Sender::Sse(poster) => poster.close(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use loadgen::load::target::{Target, TargetSpec};
 use loadgen::load::{crowd, drain, fanout, idle, rooms, storm};
+use loadgen::socket::Transport;
 use serde_json::Value;
 
 fn fanout_params(step: Option<fanout::Step>) -> fanout::Params {
@@ -113,8 +114,18 @@ async fn fanout_steps_report_a_saturation_rate() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn idle_opens_and_holds_every_socket_on_fresh_gateways() -> anyhow::Result<()> {
+    idle_holds_everything(Transport::Ws).await
+}
+
+#[tokio::test]
+async fn idle_opens_and_holds_every_event_stream_on_fresh_gateways() -> anyhow::Result<()> {
+    idle_holds_everything(Transport::Sse).await
+}
+
+async fn idle_holds_everything(transport: Transport) -> anyhow::Result<()> {
     let mut target = Target::start(&TargetSpec::default()).await?;
-    let params = idle::Params { clients: 60, sources: 2, concurrency: 16, hold: Duration::from_millis(500), runs: 2 };
+    let hold = Duration::from_millis(500);
+    let params = idle::Params { clients: 60, sources: 2, concurrency: 16, hold, runs: 2, transport };
     let summary = idle::run(&mut target, &params).await?;
     for run in summary["runs"].as_array().into_iter().flatten() {
         assert_eq!(u64_at(run, "/opened"), 60, "{summary}");
@@ -123,6 +134,7 @@ async fn idle_opens_and_holds_every_socket_on_fresh_gateways() -> anyhow::Result
         assert!(run["gateway_rss_per_socket_bytes"].is_u64(), "{summary}");
     }
     assert_eq!(summary["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(summary["params"]["transport"], serde_json::to_value(transport)?);
     Ok(())
 }
 

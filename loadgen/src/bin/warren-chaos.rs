@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use loadgen::chaos::{self, Lab, Load};
+use testkit::stack::Front;
 
 #[derive(Debug, Parser)]
 #[command(name = "warren-chaos", version, about)]
@@ -45,6 +46,22 @@ struct Args {
     /// Gateways of a private stack (one more is started as a replacement).
     #[arg(long, env = "CHAOS_GATEWAYS", default_value_t = 3)]
     gateways: usize,
+    /// The share of users on an event stream (`/sse`) instead of a WebSocket.
+    #[arg(long, env = "CHAOS_SSE_SHARE", default_value_t = 0.25)]
+    sse_share: f64,
+    /// How the private stack's HAProxy picks a gateway: the shipped hash on
+    /// the session cookie, or round robin (no affinity at all).
+    #[arg(long, env = "CHAOS_BALANCE", value_enum, default_value_t = Balance::Hash)]
+    balance: Balance,
+}
+
+/// HAProxy's balance algorithm in a private stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Balance {
+    /// `balance hash req.cook(jsessionid)`, as shipped.
+    Hash,
+    /// `balance roundrobin`: every request anywhere.
+    RoundRobin,
 }
 
 /// Accepts `host:port` or `http://host:port`.
@@ -63,18 +80,29 @@ async fn main() -> anyhow::Result<()> {
         duration: args.duration,
         send_every: args.send_every,
         settle: args.settle,
+        sse_share: args.sse_share,
     };
+    anyhow::ensure!((0.0..=1.0).contains(&args.sse_share), "--sse-share is a share: 0 to 1");
     let verdict = match args.url {
         Some(front) => chaos::drive(front, &load, async { Ok(()) }).await?,
         None => {
-            let mut lab = Lab::start(args.bridges, args.gateways, args.drain_window).await?;
+            let front = Front { round_robin: args.balance == Balance::RoundRobin, ..Front::default() };
+            let mut lab = Lab::start(args.bridges, args.gateways, args.drain_window, front).await?;
             let front = lab.stack.front();
             let duration = load.duration;
             let faults = async { lab.faults(duration).await };
             chaos::drive(front, &load, faults).await?
         }
     };
-    println!("{}", serde_json::to_string(&verdict)?);
+    let mut line = serde_json::to_value(&verdict)?;
+    if args.url.is_none() {
+        line["balance"] = match args.balance {
+            Balance::Hash => "hash",
+            Balance::RoundRobin => "round-robin",
+        }
+        .into();
+    }
+    println!("{line}");
     let limit = args.drain_window + Duration::from_secs(5);
     if !verdict.passed(limit) {
         eprintln!("chaos: FAILED (lost, duplicates and relogins must be 0; reconnect p99 at most {limit:?})");

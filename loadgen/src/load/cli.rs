@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::load::procs::Watched;
 use crate::load::target::{Target, TargetSpec};
 use crate::load::{crowd, drain, fanout, idle, rooms, storm};
+use crate::socket::Transport;
 
 /// Bounded load runs against Warren, on loopback: a progress line per
 /// second on stderr, a JSON summary on stdout.
@@ -184,6 +185,10 @@ pub struct IdleArgs {
     /// How long all are held before memory is read.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// WebSockets (`ws`), or event streams (`sse`: one source address,
+    /// at most about 28,000).
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
 }
 
 /// `storm`.
@@ -441,8 +446,14 @@ async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyh
         }
         Scenario::Idle(a) => {
             ensure!(a.clients <= MAX_CLIENTS && a.hold <= Duration::from_secs(3600), "too big");
-            let params =
-                idle::Params { clients: a.clients, sources: a.sources, concurrency: a.concurrency, hold: a.hold, runs };
+            let params = idle::Params {
+                clients: a.clients,
+                sources: a.sources,
+                concurrency: a.concurrency,
+                hold: a.hold,
+                runs,
+                transport: a.transport,
+            };
             idle::run(target, &params).await
         }
         Scenario::Storm(a) => {

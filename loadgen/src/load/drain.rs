@@ -131,6 +131,7 @@ async fn one_run(target: &mut Target, params: &Params, plan: Plan) -> anyhow::Re
             user: format!("{prefix}-u{n}"),
             room: format!("{prefix}-r{}", n / params.room_size.max(1)),
             send_every,
+            transport: crate::socket::Transport::Ws,
         };
         users.spawn(agent::run(run.clone(), profile));
         if n % 50 == 49 {
