@@ -1,4 +1,6 @@
-//! A WebSocket client whose writer runs on its own task.
+//! A WebSocket client whose writer runs on its own task (or, with
+//! [`open_over`], an event-stream client behind the same [`Reader`] and
+//! [`Writer`]: see [`crate::stream`]).
 //!
 //! Two ways to use it:
 //!
@@ -213,16 +215,43 @@ pub async fn open_tuned(
             }
         }
     });
-    let reader = Reader { read: FragmentCollectorRead::new(read), out: out.clone() };
-    Ok((reader, Writer { out }))
+    let reader = Reader { side: ReadSide::Ws { read: FragmentCollectorRead::new(read), out: out.clone() } };
+    Ok((reader, Writer { side: WriteSide::Ws(out) }))
+}
+
+/// Opens `/ws` or `/sse` at `addr` with the session cookie, from `local`
+/// when given; the caller reads.
+///
+/// # Errors
+/// [`Refused`] when the socket or stream is not opened.
+pub async fn open_over(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    cookie: &str,
+    transport: Transport,
+) -> Result<(Reader, Writer), Refused> {
+    match transport {
+        Transport::Ws => open(addr, local, cookie).await,
+        Transport::Sse => {
+            let (events, poster) = crate::stream::open(addr, local, cookie).await?;
+            Ok((Reader { side: ReadSide::Sse(events) }, Writer { side: WriteSide::Sse(poster) }))
+        }
+    }
 }
 
 // === impl Writer ===
 
-/// The sending side of a socket: frames go to its writer task, in order.
+/// The sending side of a socket: frames go to its writer task (or, on an
+/// event stream, its poster), in order.
 #[derive(Debug, Clone)]
 pub struct Writer {
-    out: mpsc::UnboundedSender<Out>,
+    side: WriteSide,
+}
+
+#[derive(Debug, Clone)]
+enum WriteSide {
+    Ws(mpsc::UnboundedSender<Out>),
+    Sse(crate::stream::Poster),
 }
 
 impl Writer {
@@ -233,12 +262,20 @@ impl Writer {
 
     /// Queues a text frame; false when the socket is gone.
     pub fn send_text(&self, text: String) -> bool {
-        self.out.send(Out::Text(text)).is_ok()
+        match &self.side {
+            WriteSide::Ws(out) => out.send(Out::Text(text)).is_ok(),
+            WriteSide::Sse(poster) => poster.send_text(text),
+        }
     }
 
     /// Closes the socket from our side.
     pub fn close(&self) {
-        let _ = self.out.send(Out::Close);
+        match &self.side {
+            WriteSide::Ws(out) => {
+                let _ = out.send(Out::Close);
+            }
+            WriteSide::Sse(poster) => poster.close(),
+        }
     }
 }
 
@@ -272,8 +309,12 @@ pub enum End {
 /// The receiving side of a socket, read by its owner. Pings are answered
 /// and a close is echoed through the writer.
 pub struct Reader {
-    read: FragmentCollectorRead<ReadHalf<Stream>>,
-    out: mpsc::UnboundedSender<Out>,
+    side: ReadSide,
+}
+
+enum ReadSide {
+    Ws { read: FragmentCollectorRead<ReadHalf<Stream>>, out: mpsc::UnboundedSender<Out> },
+    Sse(crate::stream::Events),
 }
 
 impl std::fmt::Debug for Reader {
@@ -285,6 +326,9 @@ impl std::fmt::Debug for Reader {
 impl Reader {
     /// The next text frame, or the end of the connection.
     pub async fn next(&mut self) -> Incoming {
+        if let ReadSide::Sse(events) = &mut self.side {
+            return events.next().await;
+        }
         loop {
             match self.frame().await {
                 Ok(frame) if frame.opcode == OpCode::Text => return Incoming::Text(frame.payload),
@@ -301,6 +345,16 @@ impl Reader {
     /// comes for `quiet`; returns the text frames read and how it ended.
     pub async fn drain(&mut self, quiet: Duration) -> (u64, End) {
         let mut texts = 0;
+        if let ReadSide::Sse(events) = &mut self.side {
+            loop {
+                let Ok(incoming) = tokio::time::timeout(quiet, events.next()).await else { return (texts, End::Open) };
+                match incoming {
+                    Incoming::Text(_) => texts += 1,
+                    Incoming::Closed(Some(code)) => return (texts, End::Close(code, String::new())),
+                    Incoming::Closed(None) => return (texts, End::Eof),
+                }
+            }
+        }
         loop {
             let Ok(read) = tokio::time::timeout(quiet, self.frame()).await else { return (texts, End::Open) };
             let end = match read {
@@ -323,7 +377,8 @@ impl Reader {
 
     /// The next frame; pings are answered and a close echoed on the way.
     async fn frame(&mut self) -> Result<Frame<'static>, WebSocketError> {
-        let out = self.out.clone();
+        let ReadSide::Ws { read, out } = &mut self.side else { return Err(WebSocketError::ConnectionClosed) };
+        let out = out.clone();
         let mut obligated = move |frame: Frame<'_>| {
             let item = match frame.opcode {
                 OpCode::Close => Out::Close,
@@ -332,7 +387,7 @@ impl Reader {
             let result = out.send(item).map_err(|_| std::io::Error::other("writer gone"));
             std::future::ready(result)
         };
-        self.read.read_frame(&mut obligated).await
+        read.read_frame(&mut obligated).await
     }
 }
 
@@ -361,15 +416,9 @@ pub enum Transport {
 /// channel.
 #[derive(Debug)]
 pub struct Socket {
-    writer: Sender,
+    writer: Writer,
     /// Frames and the end of the connection, in order.
     pub events: mpsc::Receiver<Event>,
-}
-
-#[derive(Debug)]
-enum Sender {
-    Ws(Writer),
-    Sse(crate::stream::Poster),
 }
 
 impl Socket {
@@ -386,30 +435,20 @@ impl Socket {
     /// # Errors
     /// [`Refused`] when the socket or stream is not opened.
     pub async fn connect_over(addr: SocketAddr, cookie: &str, transport: Transport) -> Result<Self, Refused> {
-        if transport == Transport::Sse {
-            let (events, poster) = crate::stream::open(addr, cookie).await?;
-            return Ok(Self { writer: Sender::Sse(poster), events });
-        }
-        let (reader, writer) = open(addr, None, cookie).await?;
+        let (reader, writer) = open_over(addr, None, cookie, transport).await?;
         let (events_tx, events) = mpsc::channel(1024);
         tokio::spawn(read_loop(reader, events_tx));
-        Ok(Self { writer: Sender::Ws(writer), events })
+        Ok(Self { writer, events })
     }
 
     /// Queues a JSON frame; false when the socket is gone.
     pub fn send(&self, frame: &Value) -> bool {
-        match &self.writer {
-            Sender::Ws(writer) => writer.send(frame),
-            Sender::Sse(poster) => poster.send_text(frame.to_string()),
-        }
+        self.writer.send(frame)
     }
 
     /// Closes the socket from our side.
     pub fn close(&self) {
-        match &self.writer {
-            Sender::Ws(writer) => writer.close(),
-            Sender::Sse(poster) => poster.close(),
-        }
+        self.writer.close();
     }
 }
 

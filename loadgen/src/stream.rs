@@ -1,9 +1,9 @@
-//! The event-stream transport for virtual users: `GET /sse` read as events
-//! on one connection, the user's frames `POST`ed in order on another, kept
-//! alive. Behind [`crate::socket::Socket`], so that a user runs the same on
-//! either transport.
+//! The event-stream transport for load and chaos clients: `GET /sse` read
+//! as events on one connection, the client's frames `POST`ed in order on
+//! another, kept alive. Behind [`crate::socket::Reader`] and
+//! [`crate::socket::Writer`], so that every run works on either transport.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
@@ -15,7 +15,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::socket::{Event, Refused};
+use fastwebsockets::Payload;
+
+use crate::socket::{Incoming, Refused, Tuning, tcp_connect};
 
 /// The sending side of a stream: frames go out in order, one `POST` each.
 #[derive(Debug, Clone)]
@@ -37,109 +39,138 @@ impl Poster {
     }
 }
 
-/// Opens `/sse` at `addr` with the session cookie; events arrive on the
-/// channel, `welcome` first.
+/// Opens `/sse` at `addr` with the session cookie, from `local` when given:
+/// its events to read in place, and the poster for its frames.
 ///
 /// # Errors
 /// [`Refused`] when the stream is not opened.
-pub async fn open(addr: SocketAddr, cookie: &str) -> Result<(mpsc::Receiver<Event>, Poster), Refused> {
+pub async fn open(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> Result<(Events, Poster), Refused> {
     let cookie = format!("{}={cookie}", testkit::http::DEFAULT_COOKIE_NAME);
-    let mut sender = connect(addr).await.map_err(|e| Refused::Failed(e.to_string()))?;
+    let stream = tcp_connect(addr, local, Tuning::default()).await.map_err(|e| Refused::Failed(e.to_string()))?;
+    let mut connection = handshake(stream).await.map_err(|e| Refused::Failed(e.to_string()))?;
     let request = Request::get("/sse")
         .header(header::HOST, addr.to_string())
         .header(header::COOKIE, &cookie)
         .header(header::ACCEPT, "text/event-stream")
         .body(Empty::<Bytes>::new())
         .map_err(|e| Refused::Failed(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| Refused::Failed(e.to_string()))?;
+    let response = connection.send_request(request).await.map_err(|e| Refused::Failed(e.to_string()))?;
     if response.status() != StatusCode::OK {
         return Err(Refused::Status(response.status().as_u16()));
     }
-    let (events_tx, events) = mpsc::channel(1024);
     let (frames, frames_rx) = mpsc::unbounded_channel();
     let (token_tx, token_rx) = oneshot::channel();
     let end = CancellationToken::new();
-    tokio::spawn(read(response.into_body(), events_tx, token_tx, end.clone(), sender));
     tokio::spawn(post(addr, cookie, frames_rx, token_rx, end.clone()));
+    let events = Events {
+        body: response.into_body(),
+        buffer: Vec::new(),
+        token: Some(token_tx),
+        end: end.clone(),
+        _connection: connection,
+    };
     Ok((events, Poster { frames, end }))
 }
 
-async fn connect<B>(addr: SocketAddr) -> anyhow::Result<SendRequest<B>>
+async fn handshake<B>(stream: TcpStream) -> anyhow::Result<SendRequest<B>>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
 }
 
-/// Reads events until the stream ends or `end`; the stream's token goes to
-/// the poster as soon as `welcome` names it.
-async fn read(
-    mut body: hyper::body::Incoming,
-    events: mpsc::Sender<Event>,
-    token: oneshot::Sender<String>,
+/// A stream's events, read in place by their owner.
+pub struct Events {
+    body: hyper::body::Incoming,
+    /// Bytes read and not yet cut into events.
+    buffer: Vec<u8>,
+    /// Where the stream's token goes once `welcome` names it.
+    token: Option<oneshot::Sender<String>>,
     end: CancellationToken,
+    /// Keeps the stream's connection open.
     _connection: SendRequest<Empty<Bytes>>,
-) {
-    let mut token = Some(token);
-    let mut buffer: Vec<u8> = Vec::new();
-    let closed = 'stream: loop {
-        while let Some(at) = buffer.windows(2).position(|pair| pair == b"\n\n") {
-            let block: Vec<u8> = buffer.drain(..at + 2).collect();
-            match parse(&block) {
-                Some(Event::Json(frame)) => {
-                    if let Some(stream) = frame["stream"].as_str()
-                        && let Some(tx) = token.take()
-                    {
-                        let _ = tx.send(stream.to_owned());
-                    }
-                    if events.send(Event::Json(frame)).await.is_err() {
-                        end.cancel();
-                        return;
-                    }
-                }
-                Some(closed @ Event::Closed(_)) => break 'stream closed,
-                None => {}
-            }
-        }
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = end.cancelled() => break Event::Closed(None),
-        };
-        match frame {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buffer.extend_from_slice(&data);
-                }
-            }
-            _ => break Event::Closed(None),
-        }
-    };
-    end.cancel();
-    let _ = events.send(closed).await;
 }
 
-/// One event block: a frame, the close, or `None` for a heartbeat.
-fn parse(block: &[u8]) -> Option<Event> {
-    let text = std::str::from_utf8(block).ok()?;
-    let (mut close, mut data) = (false, None);
-    for line in text.lines() {
-        if line == "event: close" {
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    /// The next frame's JSON, or the end of the stream (the close event's
+    /// code, or `None` when it broke or was closed from our side).
+    pub async fn next(&mut self) -> Incoming {
+        loop {
+            while let Some(at) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..at + 2).collect();
+                match parse(&block) {
+                    Some(Incoming::Text(data)) => {
+                        self.pass_token(&data);
+                        return Incoming::Text(data);
+                    }
+                    Some(closed) => {
+                        self.end.cancel();
+                        return closed;
+                    }
+                    None => {}
+                }
+            }
+            let frame = tokio::select! {
+                frame = self.body.frame() => frame,
+                () = self.end.cancelled() => return Incoming::Closed(None),
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                _ => {
+                    self.end.cancel();
+                    return Incoming::Closed(None);
+                }
+            }
+        }
+    }
+
+    /// Hands the token `welcome` names to the poster (the first frame).
+    fn pass_token(&mut self, data: &[u8]) {
+        let Some(token) = self.token.take() else { return };
+        let welcome: Value = serde_json::from_slice(data).unwrap_or_default();
+        match welcome["stream"].as_str() {
+            Some(stream) => {
+                let _ = token.send(stream.to_owned());
+            }
+            None => self.token = Some(token),
+        }
+    }
+}
+
+/// One event block: a frame's JSON, the close, or `None` for a heartbeat.
+fn parse(block: &[u8]) -> Option<Incoming> {
+    let mut close = false;
+    let mut data: Option<&[u8]> = None;
+    for line in block.split(|&b| b == b'\n') {
+        if line == b"event: close" {
             close = true;
-        } else if let Some(value) = line.strip_prefix("data: ") {
+        } else if let Some(value) = line.strip_prefix(b"data: ") {
             data = Some(value);
         }
     }
-    let json: Value = serde_json::from_str(data?).ok()?;
+    let data = data?;
     if close {
-        return Some(Event::Closed(json["code"].as_u64().and_then(|code| u16::try_from(code).ok())));
+        let json: Value = serde_json::from_slice(data).ok()?;
+        return Some(Incoming::Closed(Some(
+            json["code"].as_u64().and_then(|code| u16::try_from(code).ok()).unwrap_or(1005),
+        )));
     }
-    Some(Event::Json(json))
+    Some(Incoming::Text(Payload::Owned(data.to_vec())))
 }
 
 /// Posts queued frames in order, each after the answer to the one before;
@@ -170,7 +201,10 @@ async fn post(
         let mut answered = None;
         for _ in 0..2 {
             if sender.as_ref().is_none_or(SendRequest::is_closed) {
-                sender = connect(addr).await.ok();
+                sender = match TcpStream::connect(addr).await {
+                    Ok(stream) => handshake(stream).await.ok(),
+                    Err(_) => None,
+                };
             }
             let Some(connection) = sender.as_mut() else { break };
             let request = Request::builder()

@@ -26,6 +26,7 @@ fn fanout_params(step: Option<fanout::Step>) -> fanout::Params {
         max_in_flight: 1000,
         step,
         slow_readers: 0,
+        transport: Transport::Ws,
     }
 }
 
@@ -35,9 +36,19 @@ fn u64_at(summary: &Value, pointer: &str) -> u64 {
 
 #[tokio::test]
 async fn fanout_delivers_every_message_once() -> anyhow::Result<()> {
+    fanout_delivers_everything(Transport::Ws).await
+}
+
+#[tokio::test]
+async fn fanout_to_event_streams_delivers_every_message_once() -> anyhow::Result<()> {
+    fanout_delivers_everything(Transport::Sse).await
+}
+
+async fn fanout_delivers_everything(transport: Transport) -> anyhow::Result<()> {
     let spec = TargetSpec { gateways: 2, ..TargetSpec::default() };
     let target = Target::start(&spec).await?;
-    let summary = fanout::run(&target, &fanout_params(None)).await?;
+    let summary = fanout::run(&target, &fanout::Params { transport, ..fanout_params(None) }).await?;
+    assert_eq!(summary["params"]["transport"], serde_json::to_value(transport)?, "{summary}");
     assert_eq!(u64_at(&summary, "/setup/subscribers_joined"), 12, "{summary}");
     let run = &summary["runs"][0];
     assert!(u64_at(run, "/deliveries") > 0, "{summary}");

@@ -166,6 +166,10 @@ pub struct FanoutArgs {
     /// limit (50 s) may see them closed as idle instead.
     #[arg(long, env = "LOAD_SLOW_READERS", default_value_t = 0)]
     slow_readers: usize,
+    /// How subscribers connect: WebSockets (`ws`) or event streams (`sse`);
+    /// publishers always use WebSockets.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
 }
 
 /// `idle`.
@@ -441,6 +445,7 @@ async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyh
                     refine: a.refine,
                 }),
                 slow_readers: a.slow_readers,
+                transport: a.transport,
             };
             fanout::run(target, &params).await
         }

@@ -35,7 +35,7 @@ use crate::load::procs::{self, Meter, ProcWindow, round3};
 use crate::load::slow::{self, Cast};
 use crate::load::target::Target;
 use crate::load::{progress, summary};
-use crate::socket::{self, Incoming, Reader, Writer};
+use crate::socket::{self, Incoming, Reader, Transport, Writer};
 
 /// Epochs (runs and steps) one invocation can hold.
 const MAX_EPOCHS: usize = 64;
@@ -73,6 +73,8 @@ pub struct Params {
     /// Sockets opened at the start of each run (not step) that join every
     /// room and then never read; 0 for none.
     pub slow_readers: usize,
+    /// How subscribers connect (publishers always use WebSockets).
+    pub transport: Transport,
 }
 
 /// How step mode raises the rate.
@@ -105,6 +107,7 @@ impl Params {
             "settle_s": self.settle.as_secs_f64(),
             "max_in_flight": self.max_in_flight,
             "slow_readers": self.slow_readers,
+            "transport": self.transport,
         });
         if let Some(step) = &self.step {
             out["step"] = json!({
@@ -631,12 +634,12 @@ impl Crowd {
             let (front, local, cookie) = (target.front(index), sources.pick(index), cookie.clone());
             let (shared, failures, ready) = (shared.clone(), failures.clone(), ready.clone());
             if index < params.subscribers {
-                let permits = permits.clone();
+                let (permits, transport) = (permits.clone(), params.transport);
                 crowd.subscribers.spawn(async move {
                     let room = index % shared.rooms.len();
                     let opened = async {
                         let _permit = permits.acquire().await;
-                        open_joined(front, local, &cookie, &[shared.rooms[room].as_str()]).await
+                        open_joined(front, local, &cookie, &[shared.rooms[room].as_str()], transport).await
                     };
                     let result = opened.await;
                     ready.fetch_add(1, Ordering::Relaxed);
@@ -652,7 +655,7 @@ impl Crowd {
                 let (count, phases) = (params.publishers, crowd.phases.subscribe());
                 crowd.publishers.spawn(async move {
                     let names: Vec<&str> = rooms.iter().map(|r| shared.rooms[*r].as_str()).collect();
-                    let result = open_joined(front, local, &cookie, &names).await;
+                    let result = open_joined(front, local, &cookie, &names, Transport::Ws).await;
                     ready.fetch_add(1, Ordering::Relaxed);
                     let (reader, writer) = match result {
                         Ok(pair) => pair,
@@ -689,8 +692,9 @@ async fn open_joined(
     local: Option<std::net::IpAddr>,
     cookie: &str,
     rooms: &[&str],
+    transport: Transport,
 ) -> Result<(Reader, Writer), String> {
-    let (mut reader, writer) = socket::open(front, local, cookie).await.map_err(|e| e.to_string())?;
+    let (mut reader, writer) = socket::open_over(front, local, cookie, transport).await.map_err(|e| e.to_string())?;
     clients::join_all(&mut reader, &writer, rooms, HANDSHAKE_LIMIT).await?;
     Ok((reader, writer))
 }

@@ -19,7 +19,7 @@ use crate::load::clients::{self, Failures, Sources};
 use crate::load::procs::{self, Meter, round3};
 use crate::load::target::Target;
 use crate::load::{progress, summary};
-use crate::socket::{self, Event, Incoming, Socket, Transport};
+use crate::socket::{self, Incoming, Transport};
 
 /// How long one socket may take to open and say `welcome`.
 const OPEN_LIMIT: Duration = Duration::from_secs(60);
@@ -115,33 +115,29 @@ async fn one_run(target: &Target, params: &Params, sources: &Sources, cookies: A
         tasks.spawn(async move {
             let opened = async {
                 let _permit = permits.acquire().await;
-                let held = match transport {
-                    Transport::Ws => {
-                        let (mut reader, writer) =
-                            socket::open(front, local, &cookies[index]).await.map_err(|e| e.to_string())?;
-                        clients::await_type(&mut reader, "welcome", OPEN_LIMIT).await?;
-                        Held::Ws(reader, writer)
-                    }
-                    Transport::Sse => {
-                        let mut stream =
-                            Socket::connect_over(front, &cookies[index], transport).await.map_err(|e| e.to_string())?;
-                        welcome(&mut stream).await?;
-                        Held::Sse(stream)
-                    }
-                };
-                Ok::<_, String>(held)
+                let (mut reader, writer) =
+                    socket::open_over(front, local, &cookies[index], transport).await.map_err(|e| e.to_string())?;
+                clients::await_type(&mut reader, "welcome", OPEN_LIMIT).await?;
+                Ok::<_, String>((reader, writer))
             };
             let result = opened.await;
             counts.done.fetch_add(1, Ordering::Relaxed);
-            let held = match result {
-                Ok(held) => held,
+            let (mut reader, writer) = match result {
+                Ok(pair) => pair,
                 Err(reason) => return failures.add(reason),
             };
             counts.opened.fetch_add(1, Ordering::Relaxed);
             counts.last_welcome_us.fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-            if !held.hold(&stop).await {
-                counts.closed_early.fetch_add(1, Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    incoming = reader.next() => if let Incoming::Closed(_) = incoming {
+                        counts.closed_early.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    },
+                    () = stop.cancelled() => break,
+                }
             }
+            writer.close();
         });
     }
     let limit = t0 + OPEN_LIMIT * 5;
@@ -183,54 +179,4 @@ async fn one_run(target: &Target, params: &Params, sources: &Sources, cookies: A
         "setup_cpu": setup_cpu,
         "hold_cpu": hold_cpu,
     })
-}
-
-/// An open socket or stream, held until the run ends.
-enum Held {
-    Ws(socket::Reader, socket::Writer),
-    Sse(Socket),
-}
-
-impl Held {
-    /// Reads until `stop` (`true`) or until the server closes (`false`).
-    async fn hold(self, stop: &CancellationToken) -> bool {
-        match self {
-            Self::Ws(mut reader, writer) => {
-                loop {
-                    tokio::select! {
-                        incoming = reader.next() => if let Incoming::Closed(_) = incoming { return false },
-                        () = stop.cancelled() => break,
-                    }
-                }
-                writer.close();
-            }
-            Self::Sse(mut stream) => {
-                loop {
-                    tokio::select! {
-                        event = stream.events.recv() => if matches!(event, Some(Event::Closed(_)) | None) {
-                            return false;
-                        },
-                        () = stop.cancelled() => break,
-                    }
-                }
-                stream.close();
-            }
-        }
-        true
-    }
-}
-
-/// Waits for a stream's `welcome`.
-async fn welcome(stream: &mut Socket) -> Result<(), String> {
-    let wait = async {
-        while let Some(event) = stream.events.recv().await {
-            match event {
-                Event::Json(frame) if frame["type"] == "welcome" => return Ok(()),
-                Event::Json(_) => {}
-                Event::Closed(code) => return Err(format!("closed before welcome ({code:?})")),
-            }
-        }
-        Err("the stream ended before welcome".to_owned())
-    };
-    tokio::time::timeout(OPEN_LIMIT, wait).await.map_err(|_| "no welcome in time".to_owned())?
 }
