@@ -106,11 +106,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             let abort = abort.clone();
             service_fn(move |request| {
                 let (app, abort) = (app.clone(), abort.clone());
-                async move { Ok::<_, Infallible>(app.answer(request, peer, abort).await) }
+                // Boxed: hyper keeps room for one request's future for as
+                // long as the connection lives, idle or streaming; unboxed,
+                // that is the size of the largest route's state machine
+                // (kilobytes) for every kept-alive connection and stream.
+                async move { Ok::<_, Infallible>(Box::pin(app.answer(request, peer, abort)).await) }
             })
         };
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
+            // Not reading while a response is under way: hyper would keep an
+            // 8 KiB read buffer for each event stream only to notice a FIN;
+            // a stream's heartbeats find a gone client instead.
+            .half_close(true)
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(MAX_HEAD_BYTES)
             .serve_connection(TokioIo::new(stream), service)

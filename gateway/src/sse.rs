@@ -27,7 +27,6 @@ use futures_util::stream::BoxStream;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use rand::RngCore;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Handler, Shared};
@@ -95,7 +94,7 @@ pub async fn open(
 /// An open stream, on the gateway's side.
 struct Stream {
     handler: Handler,
-    inbox: mpsc::Receiver<String>,
+    inbox: Arc<relay::Inbox>,
     relay: Arc<Relay>,
     channel: String,
     /// Whether the last event went out.
@@ -112,9 +111,8 @@ impl Stream {
         let reason = loop {
             let frame = tokio::select! {
                 reason = closed.closed() => break reason,
-                frame = self.inbox.recv() => frame,
+                frame = self.inbox.next() => frame,
             };
-            let Some(frame) = frame else { break CloseReason { code: close::NORMAL, text: "" } };
             self.handler.mailbox.heard();
             // Boxed for the same reason as a WebSocket's: see `ws`.
             if let Some(reason) = Box::pin(self.handler.on_text(&frame)).await {

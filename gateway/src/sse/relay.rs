@@ -11,14 +11,14 @@
 //! 404, the client opens a new stream); and the user is part of the name, so
 //! a token posted under another login reaches nothing.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use ops::backoff::Backoff;
 use redis::aio::PubSubSink;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{CloseReason, Mailbox};
@@ -59,13 +59,58 @@ struct Inner {
     /// The live subscription's command side; `None` while reconnecting.
     sink: Option<PubSubSink>,
     /// Each stream's inbox and mailbox, by channel.
-    streams: HashMap<String, Inbox>,
+    streams: HashMap<String, Open>,
 }
 
 #[derive(Debug)]
-struct Inbox {
-    frames: mpsc::Sender<String>,
+struct Open {
+    inbox: Arc<Inbox>,
     mailbox: Mailbox,
+}
+
+/// Frames posted to one stream, waiting for its task. A queue behind a
+/// mutex rather than a channel, like [`Mailbox`]: an idle stream then holds
+/// no queue memory (a channel allocates its first block up front).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    frames: Mutex<VecDeque<String>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<String>> {
+        self.frames.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a frame; `false` when [`INBOX_FRAMES`] are waiting already.
+    fn push(&self, frame: String) -> bool {
+        {
+            let mut frames = self.lock();
+            if frames.len() >= INBOX_FRAMES {
+                return false;
+            }
+            frames.push_back(frame);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next posted frame, waiting for one.
+    pub async fn next(&self) -> String {
+        loop {
+            let ready = self.ready.notified();
+            {
+                let mut frames = self.lock();
+                if let Some(frame) = frames.pop_front() {
+                    if frames.is_empty() {
+                        *frames = VecDeque::new();
+                    }
+                    return frame;
+                }
+            }
+            ready.await;
+        }
+    }
 }
 
 impl Relay {
@@ -79,15 +124,15 @@ impl Relay {
     }
 
     /// Registers a stream and subscribes to its channel; the frames posted
-    /// to it arrive on the receiver, in the order they were posted.
+    /// to it arrive in the inbox, in the order they were posted.
     ///
     /// # Errors
     /// When the subscription is down or Redis refuses it.
-    pub async fn open(&self, channel: &str, mailbox: Mailbox) -> Result<mpsc::Receiver<String>, RelayError> {
-        let (frames, inbox) = mpsc::channel(INBOX_FRAMES);
+    pub async fn open(&self, channel: &str, mailbox: Mailbox) -> Result<Arc<Inbox>, RelayError> {
+        let inbox = Arc::new(Inbox::default());
         let sink = {
             let mut inner = self.lock();
-            inner.streams.insert(channel.to_owned(), Inbox { frames, mailbox });
+            inner.streams.insert(channel.to_owned(), Open { inbox: inbox.clone(), mailbox });
             inner.sink.clone()
         };
         let subscribed = match sink {
@@ -173,9 +218,9 @@ impl Relay {
     /// closed (its client posts without waiting for answers).
     fn deliver(&self, channel: &str, frame: String) {
         let inner = self.lock();
-        let Some(inbox) = inner.streams.get(channel) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = inbox.frames.try_send(frame) {
-            inbox.mailbox.close(CloseReason::ABUSE);
+        let Some(open) = inner.streams.get(channel) else { return };
+        if !open.inbox.push(frame) {
+            open.mailbox.close(CloseReason::ABUSE);
         }
     }
 }
