@@ -65,6 +65,7 @@ pub async fn open(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> Resu
     let events = Events {
         body: response.into_body(),
         buffer: Vec::new(),
+        parsed: 0,
         token: Some(token_tx),
         end: end.clone(),
         _connection: connection,
@@ -87,8 +88,9 @@ where
 /// A stream's events, read in place by their owner.
 pub struct Events {
     body: hyper::body::Incoming,
-    /// Bytes read and not yet cut into events.
+    /// Bytes read; those before `parsed` were cut into events already.
     buffer: Vec<u8>,
+    parsed: usize,
     /// Where the stream's token goes once `welcome` names it.
     token: Option<oneshot::Sender<String>>,
     end: CancellationToken,
@@ -107,9 +109,12 @@ impl Events {
     /// code, or `None` when it broke or was closed from our side).
     pub async fn next(&mut self) -> Incoming {
         loop {
-            while let Some(at) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
-                let block: Vec<u8> = self.buffer.drain(..at + 2).collect();
-                match parse(&block) {
+            // One read often holds many events: cut them in place, and move
+            // the rest of the buffer once per read, not once per event.
+            while let Some(at) = self.buffer[self.parsed..].windows(2).position(|pair| pair == b"\n\n") {
+                let (start, end) = (self.parsed, self.parsed + at + 2);
+                self.parsed = end;
+                match parse(&self.buffer[start..end]) {
                     Some(Incoming::Text(data)) => {
                         self.pass_token(&data);
                         return Incoming::Text(data);
@@ -128,6 +133,8 @@ impl Events {
             match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        self.buffer.drain(..self.parsed);
+                        self.parsed = 0;
                         self.buffer.extend_from_slice(&data);
                     }
                 }
