@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
-use crate::drain::Sockets;
 use crate::limits::{ABUSE_STRIKES, Limits, RetryAfter, SendLimiter};
 use crate::mailbox::{CloseReason, Mailbox, SocketId};
 use crate::membership::{Member, Membership};
 use crate::metrics;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::session::{Session, UserName};
+use crate::sockets::Sockets;
 use crate::upstream::Upstream;
 
 /// Frames queued for one client before it counts as too slow to keep.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::drain::Sockets;
 use crate::mailbox::{CloseReason, Outbound};
+use crate::sockets::Sockets;
 
 /// Pings every socket each `every`, and closes those silent for `idle`,
 /// until `shutdown`.

@@ -17,8 +17,9 @@
 //! - [`sse`]: the Server-Sent Events transport, and its relay of posted frames.
 //! - [`wire`]: a byte-level guard that refuses unmasked client frames.
 //! - [`mailbox`]: a socket's outbound queue and close request.
+//! - [`sockets`]: the registry of open sockets and streams (what drains,
+//!   logouts and disconnects reach), and the drain that lets them go.
 //! - [`membership`]: a socket's rooms: join, leave and close in one place.
-//! - [`drain`]: the open sockets, and how they are let go on shutdown.
 //! - [`protocol`]: the client protocol's frames and rules, pure.
 //! - [`hub`]: rooms, members, replay and gap filling.
 //! - [`presence`]: who is in each room, across gateways, in Redis.
@@ -31,7 +32,6 @@
 pub mod api;
 pub mod config;
 pub mod conn;
-pub mod drain;
 pub mod error;
 pub mod hub;
 pub mod keepalive;
@@ -47,6 +47,7 @@ pub mod protocol;
 pub mod redis_client;
 pub mod server;
 pub mod session;
+pub mod sockets;
 pub mod sse;
 pub mod upstream;
 pub mod wire;
@@ -61,7 +62,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::conn::Shared;
-use crate::drain::Sockets;
 use crate::error::RunError;
 use crate::hub::Hub;
 use crate::limits::Limits;
@@ -69,12 +69,13 @@ use crate::membership::Membership;
 use crate::presence::Presence;
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
+use crate::sockets::Sockets;
 use crate::sse::Relay;
 use crate::upstream::Upstream;
 
 /// Runs a gateway on bound listeners until `shutdown` is cancelled; then
 /// stops accepting, reports not-ready, tells its sockets to reconnect in
-/// batches over `drain_window` (see [`drain`]), closes what is left with 1012
+/// batches over `drain_window` (see [`sockets`]), closes what is left with 1012
 /// and waits for them, at most `shutdown_grace` more.
 ///
 /// # Errors

@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use ops::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
-use crate::drain::Sockets;
 use crate::mailbox::CloseReason;
 use crate::session::{DISCONNECT_CHANNEL, LOGOUT_CHANNEL, LoginId, SessionStore};
+use crate::sockets::Sockets;
 
 /// Listens for logout announcements until `shutdown`, reconnecting to Redis
 /// with backoff when the subscription breaks.

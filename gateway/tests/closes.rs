@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use support::raw::{self, Closed, masked};
-use support::{one_gateway, open};
+use support::{one_gateway, one_gateway_own_broker, open};
 use testkit::http::Client;
 use testkit::ws::Socket;
 use tokio::io::AsyncWriteExt;
@@ -65,7 +65,8 @@ async fn flood_a_client_that_writes_400_sends_before_reading_gets_1008_rate_limi
 /// close frame went out, which it cannot while nobody reads).
 #[tokio::test]
 async fn slow_a_member_that_writes_but_stops_reading_gets_what_was_written_then_1008_slow() -> anyhow::Result<()> {
-    let stack = one_gateway(&[
+    // Megabytes until the queue overflows: on a RabbitMQ node of its own.
+    let (stack, _rabbit) = one_gateway_own_broker(&[
         ("GATEWAY_MAX_QUEUE_BYTES", "131072"),
         ("GATEWAY_SEND_RATE", "10000"),
         ("GATEWAY_USER_SEND_RATE", "10000"),

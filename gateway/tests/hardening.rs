@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::Full;
 use serde_json::json;
 use support::raw::{self, masked};
-use support::{one_gateway, open};
+use support::{one_gateway, one_gateway_own_broker, open};
 use testkit::http::Client;
 use testkit::ws::{self, Event, Refused, Socket};
 use tokio::io::AsyncWriteExt;
@@ -171,7 +171,8 @@ const BULK_PATIENCE: Duration = Duration::from_secs(40);
 
 #[tokio::test]
 async fn a_socket_that_stops_reading_is_closed_and_others_get_everything() -> anyhow::Result<()> {
-    let stack = one_gateway(&[
+    // 10 MB a run: on a RabbitMQ node of its own (see the helper).
+    let (stack, _rabbit) = one_gateway_own_broker(&[
         ("GATEWAY_MAX_QUEUE_BYTES", "2097152"),
         ("GATEWAY_SEND_RATE", "10000"),
         ("GATEWAY_USER_SEND_RATE", "10000"),

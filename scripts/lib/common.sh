@@ -116,6 +116,17 @@ ensure_rabbitmq() {
   log "started RabbitMQ on :$WARREN_AMQP_PORT"
 }
 
+# fresh_vhost NAME: the local broker's vhost NAME, emptied: deleted with
+# every stream an earlier run left in it, made again, guest allowed. Fails
+# (status 1) where rabbitmqctl cannot reach the broker.
+fresh_vhost() {
+  local vhost=$1
+  command -v rabbitmqctl >/dev/null || return 1
+  rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+  rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || return 1
+  rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null 2>&1
+}
+
 ensure_haproxy() { command -v haproxy >/dev/null || need_apt haproxy; }
 ensure_chromium() { command -v chromium >/dev/null || need_apt chromium; }
 

@@ -9,6 +9,7 @@ pub mod raw;
 
 use std::net::SocketAddr;
 
+use testkit::services::RabbitNode;
 use testkit::stack::{Extras, Shape, Stack};
 use testkit::ws::{self, Socket};
 
@@ -18,6 +19,18 @@ pub async fn one_gateway(env: &[(&str, &str)]) -> anyhow::Result<Stack> {
     let gateway_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, Extras { gateway_env, ..Extras::default() })
         .await
+}
+
+/// [`one_gateway`] on a RabbitMQ node of its own, for tests that send
+/// megabytes: left in the shared broker's partitions, they would be read
+/// again, from the start, by the bridges of every later test. The node
+/// stops when the pair is dropped (after the stack).
+pub async fn one_gateway_own_broker(env: &[(&str, &str)]) -> anyhow::Result<(Stack, RabbitNode)> {
+    let rabbit = RabbitNode::start().await?;
+    let gateway_env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let extras = Extras { amqp_url: Some(rabbit.url()), gateway_env, ..Extras::default() };
+    let stack = Stack::start_with(Shape { bridges: 1, gateways: 1, haproxy: false }, extras).await?;
+    Ok((stack, rabbit))
 }
 
 /// Opens a socket with testkit's client and reads its `welcome`.

@@ -1,3 +1,6 @@
+//! The registry of open sockets (event streams included): what a drain, a
+//! logout, an expired session or a disconnect by the server API reaches.
+//!
 //! Draining: how a gateway lets go of its sockets when it is asked to stop.
 //!
 //! Closing every socket at once would send every client to the other
