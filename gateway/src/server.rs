@@ -269,12 +269,12 @@ impl App {
         abort: CancellationToken,
     ) -> Result<Response<EventStream>, HttpError> {
         let session = self.admit(headers, peer).await?;
-        let user = session.user.as_str().to_owned();
+        // On failure the stream was taken out of everything, its socket
+        // count given back included (`conn::Handler::finish`).
         let body = sse::open(session, self.shared.clone(), self.relay.clone(), abort).await.map_err(|error| {
             tracing::warn!(%error, "stream relay unavailable");
             HttpError::Unavailable("the stream relay is unavailable; retry shortly".to_owned())
-        });
-        let body = body.inspect_err(|_| self.shared.limits.close_socket(&user))?;
+        })?;
         let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -122,7 +122,7 @@ impl Stream {
         self.relay.close(&self.channel);
         self.handler.finish(reason);
         metrics::socket_closed(reason.label(), reason.code);
-        tracing::info!(socket = self.handler.id, code = reason.code, reason = reason.text, "stream closed");
+        tracing::info!(socket = self.handler.id, sse = true, code = reason.code, reason = reason.text, "socket closed");
         drop(self.handler);
         tokio::time::sleep(CLOSE_TIMEOUT).await;
         if !self.delivered.load(Ordering::Relaxed) {
