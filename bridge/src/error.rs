@@ -38,9 +38,13 @@ impl BridgeError {
     /// A stable machine-readable code for the gateway.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Unavailable | Self::Amqp(_) | Self::Blocked(_) | Self::Unreadable { .. } => "unavailable",
+            // A nack is the broker's "not now" (RabbitMQ nacks what it could
+            // not store): retryable, so said with the code clients retry on.
+            Self::Unavailable | Self::Amqp(_) | Self::Blocked(_) | Self::Unreadable { .. } | Self::Nacked => {
+                "unavailable"
+            }
             Self::Timeout => "timeout",
-            Self::Nacked | Self::BadRoom => "rejected",
+            Self::BadRoom => "rejected",
         }
     }
 
@@ -59,14 +63,10 @@ impl BridgeError {
         }
     }
 
-    /// The answer to one publish request.
+    /// The answer to one publish request; its code says whether sending
+    /// the same cid again may succeed (`unavailable`, `timeout`).
     pub fn to_publish_error(&self, request_id: u64) -> PublishError {
-        PublishError {
-            request_id,
-            code: self.code().to_owned(),
-            message: self.to_string(),
-            retryable: self.retryable(),
-        }
+        PublishError { request_id, code: self.code().to_owned(), message: self.to_string() }
     }
 }
 

@@ -25,7 +25,6 @@ use crate::history::History;
 use crate::metrics;
 use crate::partition::{self, GatewayId, GatewayTx, Partitions, Route, frame};
 use crate::publisher::Publisher;
-use crate::room;
 
 /// Frames buffered towards one gateway; a gateway that falls this far
 /// behind is cut off rather than holding up the partitions.
@@ -129,7 +128,7 @@ impl GatewaySession {
     fn handle(&mut self, kind: In) {
         match kind {
             In::Subscribe(subscribe) => {
-                if !room::is_valid_name(&subscribe.room) {
+                if !proto::rules::is_valid_room(&subscribe.room) {
                     tracing::warn!(room = %subscribe.room, "refused a subscription to an invalid room name");
                     return;
                 }

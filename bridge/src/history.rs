@@ -21,7 +21,7 @@ use crate::error::BridgeError;
 use crate::log::Range;
 use crate::metrics;
 use crate::partition::{Partition, Partitions};
-use crate::room::{self, Entry, Start};
+use crate::room::{Entry, Start};
 
 /// The most messages one reply carries.
 const PAGE: usize = 1000;
@@ -55,7 +55,7 @@ impl History {
     /// # Errors
     /// `BadRoom`, or a scan that failed or read nothing in time.
     pub async fn read(&self, request: &HistoryRequest) -> Result<HistoryReply, BridgeError> {
-        if !room::is_valid_name(&request.room) {
+        if !proto::rules::is_valid_room(&request.room) {
             return Err(BridgeError::BadRoom);
         }
         let partition = self.partitions.of(&request.room);

@@ -380,7 +380,7 @@ impl Partition {
 /// holding up the partition for everybody.
 fn route(state: &mut State, room: &str, message: Message) {
     let Some(routes) = state.routes.get_mut(room) else { return };
-    metrics::forwarded(age_of(message.ts));
+    metrics::forwarded(proto::rules::age_of(message.ts));
     let frame = frame(Out::Message(traced_forward(message)));
     routes.retain(|_, route| match route.tx.try_send(Ok(frame.clone())) {
         Ok(()) => true,
@@ -409,12 +409,6 @@ fn traced_forward(mut message: Message) -> Message {
         message.traceparent = ops::telemetry::traceparent_of(&span);
     }
     message
-}
-
-/// How long ago a timestamp (ms since the Unix epoch) was.
-fn age_of(ts_millis: i64) -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    now.saturating_sub(Duration::from_millis(u64::try_from(ts_millis).unwrap_or_default()))
 }
 
 /// A frame for a gateway stream.

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::amqp::Broker;
 use crate::error::BridgeError;
 use crate::partition::{Partition, Partitions};
-use crate::room::{self, Outgoing};
+use crate::room::Outgoing;
 
 /// How long a publish waits for its partition's reader to be attached.
 const ATTACH_WAIT: Duration = Duration::from_secs(2);
@@ -58,7 +58,7 @@ impl Publisher {
     /// while the broker is away, `Blocked` during its resource alarms, `Timeout` when the confirm or the id does
     /// not come in time, `Nacked` when refused.
     pub async fn publish(&self, request: &Publish, traceparent: &str) -> Result<u64, BridgeError> {
-        if !room::is_valid_name(&request.room) {
+        if !proto::rules::is_valid_room(&request.room) {
             return Err(BridgeError::BadRoom);
         }
         let partition = self.partitions.of(&request.room);

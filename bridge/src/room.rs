@@ -72,12 +72,6 @@ pub fn queue_name(number: u16) -> ShortString {
     format!("warren.partition.{number}").into()
 }
 
-/// Whether `room` is a room name gateways may use: `[a-z0-9_-]{1,64}`.
-pub fn is_valid_name(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 /// A message about to be published.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
@@ -163,7 +157,7 @@ pub fn decode(delivery: &Delivery) -> Option<(u64, Entry)> {
     if let Some(token) = text_of(MARKER_HEADER) {
         return Some((id, Entry::Marker(token)));
     }
-    let Some(room) = text_of("room").filter(|room| is_valid_name(room)) else {
+    let Some(room) = text_of("room").filter(|room| proto::rules::is_valid_room(room)) else {
         return Some((id, Entry::Other));
     };
     let text_of = |key: &str| text_of(key).unwrap_or_default();
@@ -200,17 +194,6 @@ fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn room_names() {
-        assert!(is_valid_name("lobby"));
-        assert!(is_valid_name("a-b_c-9"));
-        assert!(is_valid_name(&"x".repeat(64)));
-        assert!(!is_valid_name(""));
-        assert!(!is_valid_name(&"x".repeat(65)));
-        assert!(!is_valid_name("Lobby"));
-        assert!(!is_valid_name("lob.by"));
-    }
 
     #[test]
     fn start_maps_ids_to_offsets() {

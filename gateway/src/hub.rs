@@ -467,7 +467,7 @@ impl Hub {
                 }
             }
             if delivered.frame.is_some() {
-                metrics::delivered(room.members.len(), age_of(message.ts));
+                metrics::delivered(room.members.len(), proto::rules::age_of(message.ts));
             }
             room.remember(delivered);
         }
@@ -605,13 +605,6 @@ impl Rooms for Hub {
     fn rooms(&self) -> Vec<String> {
         Hub::rooms(self)
     }
-}
-
-/// How long ago a server timestamp (ms since the Unix epoch) was.
-fn age_of(ts_millis: i64) -> Duration {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let then = Duration::from_millis(u64::try_from(ts_millis).unwrap_or_default());
-    now.saturating_sub(then)
 }
 
 #[cfg(test)]

@@ -146,11 +146,8 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     }
 }
 
-/// Whether `room` matches `[a-z0-9_-]{1,64}`.
-pub fn is_valid_room(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
+/// Whether `room` matches `[a-z0-9_-]{1,64}` (the contract's rule).
+pub use proto::rules::is_valid_room;
 
 /// One rule of the protocol, as an error frame would state it.
 ///
