@@ -84,6 +84,14 @@ impl From<SessionError> for HttpError {
     }
 }
 
+impl From<crate::sse::relay::RelayError> for HttpError {
+    fn from(error: crate::sse::relay::RelayError) -> Self {
+        // As for the session store: the detail for operators only.
+        tracing::warn!(%error, "stream relay unavailable");
+        Self::Unavailable("the stream relay is unavailable; retry shortly".to_owned())
+    }
+}
+
 /// Why the gateway process could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -271,10 +271,7 @@ impl App {
         let session = self.admit(headers, peer).await?;
         // On failure the stream was taken out of everything, its socket
         // count given back included (`conn::Handler::finish`).
-        let body = sse::open(session, self.shared.clone(), self.relay.clone(), abort).await.map_err(|error| {
-            tracing::warn!(%error, "stream relay unavailable");
-            HttpError::Unavailable("the stream relay is unavailable; retry shortly".to_owned())
-        })?;
+        let body = sse::open(session, self.shared.clone(), self.relay.clone(), abort).await?;
         let mut response = Response::new(body);
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -321,8 +318,7 @@ impl App {
             }
             Err(error) => {
                 metrics::stream_post("unavailable");
-                tracing::warn!(%error, "stream relay unavailable");
-                Err(HttpError::Unavailable("the stream relay is unavailable; retry shortly".to_owned()))
+                Err(error.into())
             }
         }
     }

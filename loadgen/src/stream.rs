@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use fastwebsockets::Payload;
 
+use testkit::sse::EventReader;
+
 use crate::socket::{Incoming, Refused, Tuning, tcp_connect};
 
 /// The sending side of a stream: frames go out in order, one `POST` each.
@@ -64,8 +66,7 @@ pub async fn open(addr: SocketAddr, local: Option<IpAddr>, cookie: &str) -> Resu
     tokio::spawn(post(addr, cookie, frames_rx, token_rx, end.clone()));
     let events = Events {
         body: response.into_body(),
-        buffer: Vec::new(),
-        parsed: 0,
+        reader: EventReader::default(),
         token: Some(token_tx),
         end: end.clone(),
         _connection: connection,
@@ -88,9 +89,8 @@ where
 /// A stream's events, read in place by their owner.
 pub struct Events {
     body: hyper::body::Incoming,
-    /// Bytes read; those before `parsed` were cut into events already.
-    buffer: Vec<u8>,
-    parsed: usize,
+    /// What was read, cut into events.
+    reader: EventReader,
     /// Where the stream's token goes once `welcome` names it.
     token: Option<oneshot::Sender<String>>,
     end: CancellationToken,
@@ -109,22 +109,16 @@ impl Events {
     /// code, or `None` when it broke or was closed from our side).
     pub async fn next(&mut self) -> Incoming {
         loop {
-            // One read often holds many events: cut them in place, and move
-            // the rest of the buffer once per read, not once per event.
-            while let Some(at) = self.buffer[self.parsed..].windows(2).position(|pair| pair == b"\n\n") {
-                let (start, end) = (self.parsed, self.parsed + at + 2);
-                self.parsed = end;
-                match parse(&self.buffer[start..end]) {
-                    Some(Incoming::Text(data)) => {
-                        self.pass_token(&data);
-                        return Incoming::Text(data);
-                    }
-                    Some(closed) => {
-                        self.end.cancel();
-                        return closed;
-                    }
-                    None => {}
+            while let Some(block) = self.reader.next_block() {
+                let Some(data) = block.data else { continue };
+                if block.event == b"close" {
+                    let code = serde_json::from_slice::<Value>(&data).ok().and_then(|close| close["code"].as_u64());
+                    self.end.cancel();
+                    return Incoming::Closed(Some(code.and_then(|code| u16::try_from(code).ok()).unwrap_or(1005)));
                 }
+                let data = data.into_owned();
+                self.pass_token(&data);
+                return Incoming::Text(Payload::Owned(data));
             }
             let frame = tokio::select! {
                 frame = self.body.frame() => frame,
@@ -133,9 +127,7 @@ impl Events {
             match frame {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buffer.drain(..self.parsed);
-                        self.parsed = 0;
-                        self.buffer.extend_from_slice(&data);
+                        self.reader.push(&data);
                     }
                 }
                 _ => {
@@ -157,27 +149,6 @@ impl Events {
             None => self.token = Some(token),
         }
     }
-}
-
-/// One event block: a frame's JSON, the close, or `None` for a heartbeat.
-fn parse(block: &[u8]) -> Option<Incoming> {
-    let mut close = false;
-    let mut data: Option<&[u8]> = None;
-    for line in block.split(|&b| b == b'\n') {
-        if line == b"event: close" {
-            close = true;
-        } else if let Some(value) = line.strip_prefix(b"data: ") {
-            data = Some(value);
-        }
-    }
-    let data = data?;
-    if close {
-        let json: Value = serde_json::from_slice(data).ok()?;
-        return Some(Incoming::Closed(Some(
-            json["code"].as_u64().and_then(|code| u16::try_from(code).ok()).unwrap_or(1005),
-        )));
-    }
-    Some(Incoming::Text(Payload::Owned(data.to_vec())))
 }
 
 /// Posts queued frames in order, each after the answer to the one before;

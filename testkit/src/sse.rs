@@ -2,6 +2,7 @@
 //! `text/event-stream`, frames sent with `POST /sse?stream=<token>`.
 //! [`connect`] gives the same [`Socket`] as a WebSocket.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
@@ -41,7 +42,7 @@ pub async fn connect(addr: SocketAddr, cookies: Option<&str>, origin: Option<&st
         origin: origin.map(str::to_owned),
         token: String::new(),
         body: response.into_body(),
-        buffer: Vec::new(),
+        events: EventReader::default(),
         pings: 0,
         _sender: sender,
     };
@@ -79,8 +80,8 @@ pub struct Stream {
     origin: Option<String>,
     token: String,
     body: Incoming,
-    /// Bytes read and not yet parsed into events.
-    buffer: Vec<u8>,
+    /// What was read, cut into events.
+    events: EventReader,
     /// Heartbeat comments seen.
     pings: u64,
     /// Keeps the connection's request side alive.
@@ -123,41 +124,78 @@ impl Stream {
     /// When the stream ends without a close event, or breaks.
     pub async fn next_event(&mut self) -> anyhow::Result<Event> {
         loop {
-            while let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
-                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = self.parse(&block)? {
-                    return Ok(event);
+            while let Some(block) = self.events.next_block() {
+                let Some(data) = block.data else {
+                    self.pings += u64::from(block.comment);
+                    continue;
+                };
+                let json: Value = serde_json::from_slice(&data)
+                    .with_context(|| format!("event data: {}", String::from_utf8_lossy(&data)))?;
+                if block.event == b"close" {
+                    let code = json["code"].as_u64().and_then(|code| u16::try_from(code).ok()).unwrap_or(1005);
+                    return Ok(Event::Close(code, json["reason"].as_str().unwrap_or_default().to_owned()));
                 }
+                return Ok(Event::Json(json));
             }
             let Some(frame) = self.body.frame().await else { bail!("the stream ended without a close event") };
             if let Ok(data) = frame.context("reading the stream")?.into_data() {
-                self.buffer.extend_from_slice(&data);
+                self.events.push(&data);
             }
         }
     }
+}
 
-    /// One event block; `None` for a comment (a heartbeat).
-    fn parse(&mut self, block: &[u8]) -> anyhow::Result<Option<Event>> {
-        let text = std::str::from_utf8(block).context("an event that is not UTF-8")?;
-        let (mut name, mut data) = ("message", Vec::new());
-        for line in text.lines() {
-            if line.starts_with(':') {
-                self.pings += 1;
-            } else if let Some(value) = line.strip_prefix("event: ") {
-                name = value;
-            } else if let Some(value) = line.strip_prefix("data: ") {
-                data.push(value);
+/// A `text/event-stream` cut into events as its bytes arrive: what this
+/// client and the load generator's both read with. Events are cut in place;
+/// the rest of the buffer moves once per [`EventReader::push`], not once per
+/// event (one read often holds many).
+#[derive(Debug, Default)]
+pub struct EventReader {
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already cut into events.
+    parsed: usize,
+}
+
+/// One event: its name (`message` when it has none), its data lines joined
+/// by `\n` (`None` for a block of comments alone, a heartbeat), and whether
+/// it held a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block<'a> {
+    /// The `event:` field.
+    pub event: &'a [u8],
+    /// The `data:` lines (one, borrowed, as Warren sends them).
+    pub data: Option<Cow<'a, [u8]>>,
+    /// Whether a comment line (`: ping`) was in it.
+    pub comment: bool,
+}
+
+impl EventReader {
+    /// Adds bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.drain(..self.parsed);
+        self.parsed = 0;
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next whole event, if one was read.
+    pub fn next_block(&mut self) -> Option<Block<'_>> {
+        let at = self.buffer[self.parsed..].windows(2).position(|pair| pair == b"\n\n")?;
+        let block = &self.buffer[self.parsed..self.parsed + at];
+        self.parsed += at + 2;
+        let mut parsed = Block { event: b"message", data: None, comment: false };
+        for line in block.split(|&b| b == b'\n') {
+            if line.starts_with(b":") {
+                parsed.comment = true;
+            } else if let Some(name) = line.strip_prefix(b"event: ") {
+                parsed.event = name;
+            } else if let Some(value) = line.strip_prefix(b"data: ") {
+                parsed.data = Some(match parsed.data.take() {
+                    None => Cow::Borrowed(value),
+                    Some(before) => Cow::Owned([&before[..], b"\n", value].concat()),
+                });
             }
         }
-        if data.is_empty() {
-            return Ok(None);
-        }
-        let json: Value = serde_json::from_str(&data.join("\n")).with_context(|| format!("event data: {text}"))?;
-        if name == "close" {
-            let code = json["code"].as_u64().and_then(|code| u16::try_from(code).ok()).unwrap_or(1005);
-            return Ok(Some(Event::Close(code, json["reason"].as_str().unwrap_or_default().to_owned())));
-        }
-        Ok(Some(Event::Json(json)))
+        Some(parsed)
     }
 }
 
@@ -179,4 +217,25 @@ pub async fn post(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(frame.to_owned())))?;
     crate::http::send(addr, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_cut_across_reads_and_heartbeats_are_comments() {
+        let mut reader = EventReader::default();
+        reader.push(b"data: {\"a\":1}\n\n: ping\n\nevent: close\ndata: {\"code\"");
+        let first = reader.next_block().expect("one event");
+        assert_eq!((first.event, first.data.as_deref()), (&b"message"[..], Some(&b"{\"a\":1}"[..])));
+        let ping = reader.next_block().expect("a heartbeat");
+        assert!(ping.comment && ping.data.is_none());
+        assert!(reader.next_block().is_none(), "the close is not whole yet");
+        reader.push(b":1000}\n\n");
+        let close = reader.next_block().expect("the close");
+        assert_eq!((close.event, close.data.as_deref()), (&b"close"[..], Some(&b"{\"code\":1000}"[..])));
+        reader.push(b"data: a\ndata: b\n\n");
+        assert_eq!(reader.next_block().and_then(|block| block.data).as_deref(), Some(&b"a\nb"[..]));
+    }
 }
