@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::limits::{ABUSE_STRIKES, Limits, RetryAfter, SendLimiter};
@@ -55,6 +56,9 @@ pub struct Handler {
     sends: SendLimiter,
     /// Consecutive sends refused for their rate.
     strikes: u32,
+    /// Ends when the socket's last send has its answer; the next send
+    /// waits for it (see [`Self::spawn_send`]).
+    last_send: Option<oneshot::Receiver<()>>,
 }
 
 impl Handler {
@@ -72,7 +76,7 @@ impl Handler {
         let welcome = ServerFrame::Welcome { user: user.as_str(), instance: &shared.instance, stream }.encode();
         let sends = shared.limits.socket_sends();
         let member = Member::new(id, user.as_str().to_owned(), mailbox.clone());
-        let handler = Self { id, user, shared, mailbox, member, sends, strikes: 0 };
+        let handler = Self { id, user, shared, mailbox, member, sends, strikes: 0, last_send: None };
         handler.queue("welcome", welcome);
         handler
     }
@@ -167,14 +171,26 @@ impl Handler {
 
     /// Publishes in the background so that the socket keeps reading; the ack
     /// (or error) is queued when the bridge answers.
-    fn spawn_send(&self, room: String, text: String, cid: String) {
+    ///
+    /// A socket's sends are published one after the other, each once the
+    /// one before has its answer: a client's messages then get ids in the
+    /// order it sent them, and their acks come in that order, even though
+    /// publishes to the bridge are answered out of order. The send rate
+    /// limit bounds how many wait.
+    fn spawn_send(&mut self, room: String, text: String, cid: String) {
         let (upstream, mailbox) = (self.shared.upstream.clone(), self.mailbox.clone());
+        let (answered, next_waits) = oneshot::channel::<()>();
+        let previous = self.last_send.replace(next_waits);
         let user = self.user.as_str().to_owned();
         // One span per send; its context travels to the bridge, into the
         // broker and back to every gateway that delivers the message.
         let span = tracing::info_span!("ws.send", socket = self.id);
         let traceparent = ops::telemetry::traceparent_of(&span);
         let send = async move {
+            if let Some(previous) = previous {
+                // Err only: the sender is dropped when its send is answered.
+                let _ = previous.await;
+            }
             let started = std::time::Instant::now();
             let (kind, reply) = match upstream.publish(&room, &user, &text, &cid, traceparent).await {
                 Ok(id) => ("ack", ServerFrame::Ack { cid: &cid, id }.encode()),
@@ -192,6 +208,7 @@ impl Handler {
             metrics::send_answered(started.elapsed());
             metrics::frame_out(kind);
             mailbox.offer(reply);
+            drop(answered);
         };
         self.shared.tracker.spawn(tracing::Instrument::instrument(send, span));
     }

@@ -137,6 +137,35 @@ async fn a_repeated_cid_makes_one_message_and_the_same_ack() -> anyhow::Result<(
     Ok(())
 }
 
+/// Sends written back to back, none waiting for its ack, get ids in the
+/// order they were written and their acks in that order.
+#[tokio::test]
+async fn sends_in_flight_together_keep_their_order() -> anyhow::Result<()> {
+    let stack = Stack::start(Shape { bridges: 1, gateways: 1, haproxy: false }).await?;
+    let room = testkit::unique("order");
+    let (_a, mut alice, _) = user_socket(stack.gateways[0].addr, "alice").await?;
+    alice.join(&room, None).await?;
+    // Within the default burst of one socket (twice 10 sends/s).
+    let count = 16;
+    for n in 0..count {
+        alice.send(&json!({"type":"send","room":room,"text":format!("m{n}"),"cid":format!("order-{n}")})).await?;
+    }
+    let mut acks = Vec::new();
+    while acks.len() < count {
+        let ack = alice.next_of_type("ack").await?;
+        acks.push((ack["cid"].as_str().context("cid")?.to_owned(), ack["id"].as_u64().context("id")?));
+    }
+    let cids: Vec<&str> = acks.iter().map(|(cid, _)| cid.as_str()).collect();
+    let expected: Vec<String> = (0..count).map(|n| format!("order-{n}")).collect();
+    assert_eq!(cids, expected, "acks in the order of the sends");
+    assert!(acks.windows(2).all(|w| w[0].1 < w[1].1), "ids in the order of the sends: {acks:?}");
+    let echoed = alice.messages_until(&room, acks[count - 1].1).await?;
+    let texts: Vec<&str> = echoed.iter().filter_map(|m| m["text"].as_str()).collect();
+    let sent: Vec<String> = (0..count).map(|n| format!("m{n}")).collect();
+    assert_eq!(texts, sent, "delivered in the order of the sends");
+    Ok(())
+}
+
 #[tokio::test]
 async fn malformed_frames_get_errors_and_the_socket_stays_usable() -> anyhow::Result<()> {
     let stack = Stack::start(Shape { bridges: 1, gateways: 1, haproxy: false }).await?;
