@@ -45,6 +45,18 @@ pub struct Config {
     #[arg(skip)]
     pub redis_service: Option<platform::Service>,
 
+    /// Redis Sentinel nodes (`host:port`, comma-separated) to ask for the
+    /// master, instead of one node: a failover then moves the gateway with
+    /// it. The Redis URL still gives the scheme (`rediss://`: TLS, to the
+    /// sentinels too), the credentials (for the sentinels too) and the
+    /// database; its host is not used.
+    #[arg(long = "redis-sentinel", env = "GATEWAY_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master's name in the sentinels' configuration.
+    #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER", default_value = "mymaster")]
+    pub redis_sentinel_master: String,
+
     /// A PEM bundle of CA certificates to trust, on top of the system's, when
     /// the Redis URL is `rediss://` (a managed service's private CA, say).
     #[arg(long, env = "GATEWAY_TLS_CA_FILE")]
@@ -241,6 +253,15 @@ impl Config {
             config.redis_service = Some(binding.service().clone());
         }
         Ok(config)
+    }
+
+    /// Where Redis is: the URL's node, or the master the sentinels name.
+    pub fn redis_target(&self) -> crate::redis_client::Target {
+        crate::redis_client::Target {
+            url: self.redis_url.clone(),
+            sentinels: self.redis_sentinels.clone(),
+            master: self.redis_sentinel_master.clone(),
+        }
     }
 
     /// The TLS files for Redis (used when its URL is `rediss://`).

@@ -100,7 +100,7 @@ pub enum RunError {
     Redis(#[from] redis::RedisError),
     /// The session pool could not be built.
     #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::BuildError),
+    Pool(#[from] deadpool::managed::BuildError),
     /// The TLS files for Redis are unusable.
     #[error("redis TLS: {0}")]
     Tls(#[from] platform::tls::TlsError),

@@ -10,7 +10,7 @@
 //! - [`api`]: the server API for backends: post, history, presence, disconnect.
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
-//! - [`redis_client`]: the one Redis client (URL and TLS) they all use.
+//! - [`redis_client`]: the one way to Redis (a node or a Sentinel-named master, TLS) they all use.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
 //! - [`conn`]: one client's frames acted on, whatever carries them.
 //! - [`ws`]: the WebSocket transport: a socket's reader and writer.
@@ -67,6 +67,7 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::presence::Presence;
+use crate::redis_client::Redis;
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
 use crate::sockets::Sockets;
@@ -97,8 +98,8 @@ pub async fn run(
              Set --session-secret / GATEWAY_SESSION_SECRET."
         );
     }
-    let redis = redis_client::open(&config.redis_url, &config.tls_files())?;
-    let pool = redis_client::pool(&redis)?;
+    let redis = Redis::open(&config.redis_target(), &config.tls_files())?;
+    let pool = redis.pool()?;
     let relay = Arc::new(Relay::new(redis.clone(), pool.clone()));
     let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
         .with_cookie_name(&config.session_cookie_name);

@@ -12,15 +12,16 @@ use ops::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::CloseReason;
+use crate::redis_client::Redis;
 use crate::session::{DISCONNECT_CHANNEL, LOGOUT_CHANNEL, LoginId, SessionStore};
 use crate::sockets::Sockets;
 
 /// Listens for logout announcements until `shutdown`, reconnecting to Redis
 /// with backoff when the subscription breaks.
-pub async fn follow_logouts(client: redis::Client, sockets: Arc<Sockets>, shutdown: CancellationToken) {
+pub async fn follow_logouts(redis: Redis, sockets: Arc<Sockets>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
-        match listen(&client, &sockets, &shutdown, &mut backoff).await {
+        match listen(&redis, &sockets, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(%error, "logout subscription lost; resubscribing"),
         }
@@ -32,12 +33,12 @@ pub async fn follow_logouts(client: redis::Client, sockets: Arc<Sockets>, shutdo
 }
 
 async fn listen(
-    client: &redis::Client,
+    redis: &Redis,
     sockets: &Sockets,
     shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), redis::RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = redis.subscriber().await?;
     pubsub.subscribe(&[LOGOUT_CHANNEL, DISCONNECT_CHANNEL]).await?;
     backoff.reset();
     let mut messages = pubsub.on_message();

@@ -43,6 +43,7 @@ use self::batch::{Diff, Entry, Reset};
 use self::store::{Keys, Link, Op, Snapshot, Writer};
 use crate::mailbox::{Mailbox, SocketId};
 use crate::metrics;
+use crate::redis_client::Redis;
 
 /// The Redis channel on which every presence change is announced.
 pub const CHANNEL: &str = "warren:presence";
@@ -138,7 +139,7 @@ pub struct Presence {
 pub struct Tasks {
     presence: Arc<Presence>,
     ops: mpsc::UnboundedReceiver<Op>,
-    client: redis::Client,
+    redis: Redis,
     keys: Keys,
     heartbeat: Duration,
     ttl: Duration,
@@ -148,11 +149,11 @@ pub struct Tasks {
 // === impl Presence ===
 
 impl Presence {
-    /// Presence for the gateway `instance` on the Redis of `client`, beating
+    /// Presence for the gateway `instance` on `redis`, beating
     /// every `heartbeat` with a TTL of `ttl` and sending changes every
     /// `batch`; nothing runs until [`Tasks::run`].
     pub fn new(
-        client: redis::Client,
+        redis: Redis,
         instance: &str,
         heartbeat: Duration,
         ttl: Duration,
@@ -162,7 +163,7 @@ impl Presence {
         let presence = Arc::new(Self { local: Mutex::default(), ops: tx, draining: AtomicBool::new(false) });
         let suffix: u32 = rand::random();
         let keys = Keys::new(format!("{instance}~{suffix:08x}").into());
-        let tasks = Tasks { presence: presence.clone(), ops: rx, client, keys, heartbeat, ttl, batch };
+        let tasks = Tasks { presence: presence.clone(), ops: rx, redis, keys, heartbeat, ttl, batch };
         (presence, tasks)
     }
 
@@ -439,14 +440,14 @@ impl Tasks {
     /// gateway's entries (announcing the leaves of users present nowhere
     /// else) and returns.
     pub async fn run(self, token: CancellationToken) {
-        let Self { presence, ops, client, keys, heartbeat, ttl, batch } = self;
+        let Self { presence, ops, redis, keys, heartbeat, ttl, batch } = self;
         let inner = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(follow(client.clone(), presence.clone(), inner.clone()));
+        tasks.spawn(follow(redis.clone(), presence.clone(), inner.clone()));
         tasks.spawn(flush_every(presence.clone(), batch, inner.clone()));
-        tasks.spawn(store::sweep(client.clone(), keys.owner.clone(), heartbeat, inner.clone()));
+        tasks.spawn(store::sweep(redis.clone(), keys.owner.clone(), heartbeat, inner.clone()));
         tasks.close();
-        Writer::new(presence, keys, client, ttl).run(ops, heartbeat, token).await;
+        Writer::new(presence, keys, redis, ttl).run(ops, heartbeat, token).await;
         inner.cancel();
         tasks.wait().await;
     }
@@ -467,11 +468,11 @@ async fn flush_every(presence: Arc<Presence>, every: Duration, token: Cancellati
 /// Follows [`CHANNEL`] until `token`, subscribing again with backoff when
 /// the subscription breaks and catching every room up after each
 /// (re)subscription.
-async fn follow(client: redis::Client, presence: Arc<Presence>, token: CancellationToken) {
+async fn follow(redis: Redis, presence: Arc<Presence>, token: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut link = Link::new(client.clone());
+    let mut link = Link::new(redis.clone());
     while !token.is_cancelled() {
-        match listen(&client, &presence, &mut link, &token, &mut backoff).await {
+        match listen(&redis, &presence, &mut link, &token, &mut backoff).await {
             Ok(()) => return,
             Err(error) => tracing::warn!(%error, "presence subscription lost; resubscribing"),
         }
@@ -483,13 +484,13 @@ async fn follow(client: redis::Client, presence: Arc<Presence>, token: Cancellat
 }
 
 async fn listen(
-    client: &redis::Client,
+    redis: &Redis,
     presence: &Presence,
     link: &mut Link,
     token: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), redis::RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = redis.subscriber().await?;
     pubsub.subscribe(CHANNEL).await?;
     backoff.reset();
     // Changes made before the subscription took effect were not heard.
@@ -528,8 +529,9 @@ mod tests {
 
     fn presence() -> (Arc<Presence>, Tasks) {
         let second = Duration::from_secs(1);
-        let client = redis::Client::open("redis://127.0.0.1:1").expect("url");
-        Presence::new(client, "gw", second, second * 3, second)
+        let target = crate::redis_client::Target::node("redis://127.0.0.1:1");
+        let redis = Redis::open(&target, &platform::tls::Files::default()).expect("url");
+        Presence::new(redis, "gw", second, second * 3, second)
     }
 
     /// A socket's mailbox, and the same mailbox as its writer reads it.

@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use deadpool_redis::redis::AsyncCommands;
 use http::HeaderMap;
 use rand::Rng;
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 pub use self::signing::{Signer, is_cookie_name};
@@ -60,14 +60,14 @@ pub enum SessionError {
     Store(String),
 }
 
-impl From<deadpool_redis::PoolError> for SessionError {
-    fn from(error: deadpool_redis::PoolError) -> Self {
+impl From<crate::redis_client::PoolError> for SessionError {
+    fn from(error: crate::redis_client::PoolError) -> Self {
         Self::Store(error.to_string())
     }
 }
 
-impl From<deadpool_redis::redis::RedisError> for SessionError {
-    fn from(error: deadpool_redis::redis::RedisError) -> Self {
+impl From<redis::RedisError> for SessionError {
+    fn from(error: redis::RedisError) -> Self {
         Self::Store(error.to_string())
     }
 }
@@ -191,7 +191,7 @@ fn root_path() -> String {
 /// The session store: Redis plus the cookie rules.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis_client::Pool,
     signer: Signer,
     max_age: Duration,
     secure: bool,
@@ -201,7 +201,7 @@ pub struct SessionStore {
 impl SessionStore {
     /// A store on `pool`, signing with `signer`, whose cookie is
     /// [`DEFAULT_COOKIE_NAME`].
-    pub fn new(pool: deadpool_redis::Pool, signer: Signer, max_age: Duration, secure: bool) -> Self {
+    pub fn new(pool: crate::redis_client::Pool, signer: Signer, max_age: Duration, secure: bool) -> Self {
         Self { pool, signer, max_age, secure, cookie_name: DEFAULT_COOKIE_NAME.into() }
     }
 
@@ -288,7 +288,7 @@ impl SessionStore {
         let until = unix_millis(SystemTime::now()) + REGENERATE_GRACE.as_millis() as u64;
         timed("expire", async {
             let mut redis = self.pool.get().await?;
-            let _: () = deadpool_redis::redis::pipe()
+            let _: () = redis::pipe()
                 .expire(old.id.key(), grace)
                 .ignore()
                 .cmd("ZADD")
@@ -297,7 +297,7 @@ impl SessionStore {
                 .arg(until)
                 .arg(&old.id.0)
                 .ignore()
-                .query_async(&mut redis)
+                .query_async(&mut *redis)
                 .await?;
             Ok(())
         })
@@ -313,11 +313,11 @@ impl SessionStore {
     pub async fn log_out(&self, session: &Session) -> Result<(), SessionError> {
         timed("logout", async {
             let mut redis = self.pool.get().await?;
-            let _: () = deadpool_redis::redis::pipe()
+            let _: () = redis::pipe()
                 .del(session.id.key())
                 .del(session.login.key())
                 .publish(LOGOUT_CHANNEL, session.login.as_str())
-                .query_async(&mut redis)
+                .query_async(&mut *redis)
                 .await?;
             Ok(())
         })
@@ -334,11 +334,11 @@ impl SessionStore {
         }
         timed("exists", async {
             let mut redis = self.pool.get().await?;
-            let mut pipe = deadpool_redis::redis::pipe();
+            let mut pipe = redis::pipe();
             for login in logins {
                 pipe.exists(login.key());
             }
-            Ok(pipe.query_async(&mut redis).await?)
+            Ok(pipe.query_async(&mut *redis).await?)
         })
         .await
     }
@@ -347,13 +347,13 @@ impl SessionStore {
     async fn mark_login(&self, login: &LoginId) -> Result<(), SessionError> {
         timed("set", async {
             let mut redis = self.pool.get().await?;
-            let _: () = deadpool_redis::redis::cmd("SET")
+            let _: () = redis::cmd("SET")
                 .arg(login.key())
                 .arg(1)
                 .arg("EX")
                 .arg(self.max_age.as_secs().max(1))
                 .arg("NX")
-                .query_async(&mut redis)
+                .query_async(&mut *redis)
                 .await?;
             Ok(())
         })
@@ -381,13 +381,13 @@ impl SessionStore {
         let now = unix_millis(SystemTime::now());
         timed("set", async {
             let mut redis = self.pool.get().await?;
-            let _: () = deadpool_redis::redis::pipe()
+            let _: () = redis::pipe()
                 .set_ex(session.id.key(), json, ttl)
                 .set_ex(session.login.key(), 1, ttl)
                 .zadd(&index, &session.id.0, now + ttl * 1000)
                 .zrembyscore(&index, "-inf", now)
                 .expire(&index, i64::try_from(ttl).unwrap_or(i64::MAX))
-                .query_async(&mut redis)
+                .query_async(&mut *redis)
                 .await?;
             Ok(())
         })
@@ -411,7 +411,7 @@ impl SessionStore {
             let records: Vec<Option<String>> = if keys.is_empty() {
                 Vec::new()
             } else {
-                deadpool_redis::redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?
+                redis::cmd("MGET").arg(&keys).query_async(&mut *redis).await?
             };
             let logins: HashSet<LoginId> = records
                 .iter()
@@ -419,7 +419,7 @@ impl SessionStore {
                 .filter_map(|json| serde_json::from_str::<Record>(json).ok()?.login)
                 .map(|login| LoginId(login.into()))
                 .collect();
-            let mut pipe = deadpool_redis::redis::pipe();
+            let mut pipe = redis::pipe();
             pipe.del(&index).ignore();
             for key in &keys {
                 pipe.del(key).ignore();
@@ -427,7 +427,7 @@ impl SessionStore {
             for login in &logins {
                 pipe.del(login.key()).ignore().publish(LOGOUT_CHANNEL, login.as_str()).ignore();
             }
-            let _: () = pipe.query_async(&mut redis).await?;
+            let _: () = pipe.query_async(&mut *redis).await?;
             Ok(logins.len())
         })
         .await
@@ -467,7 +467,7 @@ impl SessionStore {
     /// Whether Redis answers (readiness).
     pub async fn ping(&self) -> Result<(), SessionError> {
         let mut redis = self.pool.get().await?;
-        let _: String = deadpool_redis::redis::cmd("PING").query_async(&mut redis).await?;
+        let _: String = redis::cmd("PING").query_async(&mut *redis).await?;
         Ok(())
     }
 }
@@ -520,9 +520,9 @@ mod tests {
 
     #[test]
     fn the_cookie_name_is_configurable_and_exact() {
-        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1")
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .expect("a pool (never used)");
+        let target = crate::redis_client::Target::node("redis://127.0.0.1:1");
+        let redis = crate::redis_client::Redis::open(&target, &platform::tls::Files::default()).expect("url");
+        let pool = redis.pool().expect("a pool (never used)");
         let signer = Signer::new("secret");
         let store =
             SessionStore::new(pool, signer.clone(), Duration::from_secs(60), false).with_cookie_name("JSESSIONID");

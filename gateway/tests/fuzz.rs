@@ -393,9 +393,9 @@ fn decoded(value: &str) -> String {
 
 /// A store whose Redis is never reached: `id_from_headers` only reads cookies.
 fn offline_store(signer: Signer) -> SessionStore {
-    let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1")
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("a pool is created without connecting");
+    let target = gateway::redis_client::Target::node("redis://127.0.0.1:1");
+    let redis = gateway::redis_client::Redis::open(&target, &platform::tls::Files::default()).expect("a plain URL");
+    let pool = redis.pool().expect("a pool is created without connecting");
     SessionStore::new(pool, signer, Duration::from_secs(60), false)
 }
 

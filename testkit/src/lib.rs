@@ -8,6 +8,8 @@
 //!   ([`sse`]) an event stream and its POSTs.
 //! - [`services`]: private Redis and RabbitMQ servers on free loopback ports,
 //!   to stop, kill and restart (chaos tests); the shared ones stay untouched.
+//! - [`sentinel`]: a Redis master, its replica and three sentinels, to fail
+//!   over.
 //! - [`pki`] (feature `pki`): a throwaway CA and certificates, for TLS tests.
 //!
 //! The binaries come from the same `target/` directory as the test (build
@@ -16,6 +18,7 @@
 pub mod http;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod sentinel;
 pub mod services;
 pub mod sse;
 pub mod stack;

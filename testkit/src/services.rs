@@ -58,6 +58,8 @@ pub struct ServerTls {
 pub struct RedisServer {
     port: u16,
     tls: Option<ServerTls>,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
     dir: ScratchDir,
 }
@@ -80,9 +82,21 @@ impl RedisServer {
         Self::start_on(Some(tls)).await
     }
 
+    /// Starts a `redis-server` that replicates the one on `master`'s port
+    /// (plain TCP), and waits until `PING` answers.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub async fn start_replica(master: u16) -> anyhow::Result<Self> {
+        let dir = ScratchDir::new("warren-redis")?;
+        let mut server = Self { port: free_port()?, tls: None, replica_of: Some(master), child: None, dir };
+        server.spawn().await?;
+        Ok(server)
+    }
+
     async fn start_on(tls: Option<ServerTls>) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("warren-redis")?;
-        let mut server = Self { port: free_port()?, tls, child: None, dir };
+        let mut server = Self { port: free_port()?, tls, replica_of: None, child: None, dir };
         server.spawn().await?;
         Ok(server)
     }
@@ -96,6 +110,16 @@ impl RedisServer {
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether its process runs.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The OS process id, while it runs.
@@ -159,6 +183,9 @@ impl RedisServer {
                 .arg(&tls.ca)
                 .args(["--tls-auth-clients", if tls.require_client_cert { "yes" } else { "no" }]),
         };
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         command
             // An append-only file in its scratch dir, so that sessions survive
             // `stop` + `start_again` as they would a production restart.
@@ -207,7 +234,7 @@ impl Drop for RedisServer {
 }
 
 /// Whether a `PING` on `addr` gets `+PONG`.
-async fn redis_ping(addr: SocketAddr) -> bool {
+pub(crate) async fn redis_ping(addr: SocketAddr) -> bool {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         stream.write_all(b"PING\r\n").await?;
@@ -583,12 +610,12 @@ fn rabbit_bin_dir() -> anyhow::Result<PathBuf> {
 // === shared ===
 
 /// A free port on 127.0.0.1 (bound and released).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Spawns `command` with stdout and stderr appended to `log`.
-fn spawn_logged(mut command: Command, log: &Path, name: &str) -> anyhow::Result<Child> {
+pub(crate) fn spawn_logged(mut command: Command, log: &Path, name: &str) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     command.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).kill_on_drop(true);
     command.spawn().with_context(|| format!("spawn {name}"))
@@ -613,7 +640,7 @@ async fn alive(pid: u32) -> bool {
 }
 
 /// SIGKILL and reap (a zombie would still answer `kill -0`), for `Drop`.
-fn kill_and_reap(child: &mut Child) {
+pub(crate) fn kill_and_reap(child: &mut Child) {
     if child.start_kill().is_err() {
         return; // already exited and reaped
     }
@@ -637,7 +664,7 @@ async fn wait_closed(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
 }
 
 /// The last lines of a log file, for error messages.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     format!("--- {} ---\n{}", path.display(), lines[lines.len().saturating_sub(30)..].join("\n"))

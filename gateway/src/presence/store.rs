@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CHANNEL, Presence};
 use crate::metrics;
+use crate::redis_client::Redis;
 
 /// Prefix of a room's presence hash.
 pub const ROOM_PREFIX: &str = "warren:presence:";
@@ -208,14 +209,14 @@ fn snapshot(value: Value) -> Option<Snapshot> {
 /// on the next call.
 #[derive(Debug)]
 pub struct Link {
-    client: redis::Client,
+    redis: Redis,
     connection: Option<MultiplexedConnection>,
 }
 
 impl Link {
-    /// A link to `client`'s server; nothing is opened yet.
-    pub fn new(client: redis::Client) -> Self {
-        Self { client, connection: None }
+    /// A link to the master of `redis`; nothing is opened yet.
+    pub fn new(redis: Redis) -> Self {
+        Self { redis, connection: None }
     }
 
     async fn connection(&mut self) -> RedisResult<&mut MultiplexedConnection> {
@@ -223,7 +224,7 @@ impl Link {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(REDIS_TIMEOUT))
                 .set_response_timeout(Some(REDIS_TIMEOUT));
-            let connection = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+            let connection = self.redis.connect(&config).await?;
             self.connection = Some(connection);
         }
         self.connection.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))
@@ -286,8 +287,8 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `presence`'s entries, under `keys`.
-    pub fn new(presence: Arc<Presence>, keys: Keys, client: redis::Client, ttl: Duration) -> Self {
-        Self { presence, keys, link: Link::new(client), ttl, stale: true }
+    pub fn new(presence: Arc<Presence>, keys: Keys, redis: Redis, ttl: Duration) -> Self {
+        Self { presence, keys, link: Link::new(redis), ttl, stale: true }
     }
 
     /// Applies operations and beats every `every` until `token`; then
@@ -446,8 +447,8 @@ async fn reap(link: &mut Link, keys: &Keys) -> RedisResult<u64> {
 
 /// Every `every` until `token`, finds gateways whose heartbeat expired and
 /// removes their entries. Every gateway sweeps; the scripts make it safe.
-pub async fn sweep(client: redis::Client, own: Arc<str>, every: Duration, token: CancellationToken) {
-    let mut link = Link::new(client);
+pub async fn sweep(redis: Redis, own: Arc<str>, every: Duration, token: CancellationToken) {
+    let mut link = Link::new(redis);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{CloseReason, Mailbox};
+use crate::redis_client::Redis;
 
 /// Frames posted to one stream and not yet acted on; a client that posts
 /// more without waiting for its answers is closed like a flooder.
@@ -40,7 +41,7 @@ pub enum RelayError {
     Redis(#[from] redis::RedisError),
     /// No connection from the session pool.
     #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    Pool(#[from] crate::redis_client::PoolError),
     /// The subscription is being re-established.
     #[error("the stream relay is reconnecting to Redis")]
     Reconnecting,
@@ -49,8 +50,8 @@ pub enum RelayError {
 /// The streams this gateway holds, and its subscription to their channels.
 #[derive(Debug)]
 pub struct Relay {
-    client: redis::Client,
-    pool: deadpool_redis::Pool,
+    redis: Redis,
+    pool: crate::redis_client::Pool,
     inner: Mutex<Inner>,
 }
 
@@ -115,8 +116,8 @@ impl Inbox {
 
 impl Relay {
     /// A relay that subscribes through `client` and publishes through `pool`.
-    pub fn new(client: redis::Client, pool: deadpool_redis::Pool) -> Self {
-        Self { client, pool, inner: Mutex::new(Inner::default()) }
+    pub fn new(redis: Redis, pool: crate::redis_client::Pool) -> Self {
+        Self { redis, pool, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -168,7 +169,7 @@ impl Relay {
     /// When Redis cannot be reached.
     pub async fn post(&self, channel: &str, frame: &str) -> Result<bool, RelayError> {
         let mut connection = self.pool.get().await?;
-        let receivers: i64 = redis::cmd("PUBLISH").arg(channel).arg(frame).query_async(&mut connection).await?;
+        let receivers: i64 = redis::cmd("PUBLISH").arg(channel).arg(frame).query_async(&mut *connection).await?;
         Ok(receivers > 0)
     }
 
@@ -191,7 +192,7 @@ impl Relay {
     }
 
     async fn listen(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
-        let (mut sink, mut messages) = self.client.get_async_pubsub().await?.split();
+        let (mut sink, mut messages) = self.redis.subscriber().await?.split();
         let channels: Vec<String> = {
             let mut inner = self.lock();
             inner.sink = Some(sink.clone());
