@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+use testkit::sentinel::Sentinels;
 use testkit::services::{RabbitNode, RedisServer};
 use testkit::stack::{Extras, Front, Shape, Stack};
 use tokio::task::JoinSet;
@@ -194,6 +195,35 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The Redis a private stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisKind {
+    /// One `redis-server`, stopped and started again.
+    Single,
+    /// A master, a replica and three sentinels; the master is killed and
+    /// the sentinels fail over.
+    Sentinel,
+}
+
+impl RedisKind {
+    /// Its name in the verdict line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// A private stack's Redis, as it was started.
+#[derive(Debug)]
+pub enum LabRedis {
+    /// One server (boxed: its handle is large beside the other's).
+    Single(Box<RedisServer>),
+    /// Behind Sentinel.
+    Sentinel(Sentinels),
+}
+
 /// A private stack to break: its own Redis and RabbitMQ, 2 bridges, 3
 /// gateways (and a spare), HAProxy.
 #[derive(Debug)]
@@ -201,7 +231,7 @@ pub struct Lab {
     /// The processes.
     pub stack: Stack,
     /// Its Redis.
-    pub redis: RedisServer,
+    pub redis: LabRedis,
     /// Its RabbitMQ node.
     pub rabbit: RabbitNode,
 }
@@ -211,24 +241,37 @@ impl Lab {
     ///
     /// # Errors
     /// When a service or process does not start.
-    pub async fn start(bridges: usize, gateways: usize, drain_window: Duration, front: Front) -> anyhow::Result<Self> {
-        let redis = RedisServer::start().await.context("start Redis")?;
+    pub async fn start(shape: Shape, drain_window: Duration, front: Front, redis: RedisKind) -> anyhow::Result<Self> {
+        let (redis, redis_url, gateway_env) = match redis {
+            RedisKind::Single => {
+                let server = RedisServer::start().await.context("start Redis")?;
+                let url = server.url();
+                (LabRedis::Single(Box::new(server)), url, Vec::new())
+            }
+            RedisKind::Sentinel => {
+                let set = Sentinels::start().await.context("start Redis with Sentinel")?;
+                let (url, env) = (set.url(), set.gateway_env());
+                (LabRedis::Sentinel(set), url, env)
+            }
+        };
         let rabbit = RabbitNode::start().await.context("start RabbitMQ")?;
         let extras = Extras {
-            redis_url: Some(redis.url()),
+            redis_url: Some(redis_url),
+            gateway_env,
             amqp_url: Some(rabbit.url()),
             spare_gateways: 1,
             drain_window: Some(drain_window),
             front,
             ..Extras::default()
         };
-        let stack = Stack::start_with(Shape { bridges, gateways, haproxy: true }, extras).await?;
+        let stack = Stack::start_with(Shape { haproxy: true, ..shape }, extras).await?;
         Ok(Self { stack, redis, rabbit })
     }
 
     /// The fault schedule, spread over `duration`: a gateway drained
     /// (SIGTERM: scale-down), a gateway crashed (SIGKILL) and replaced, a
-    /// bridge killed and restarted, RabbitMQ restarted, Redis restarted.
+    /// bridge killed and restarted, RabbitMQ restarted, Redis restarted (or,
+    /// behind Sentinel, its master killed and failed over).
     ///
     /// # Errors
     /// When something does not come back.
@@ -259,11 +302,22 @@ impl Lab {
         event("RabbitMQ back");
 
         at(0.75).await;
-        event("Redis stops");
-        self.redis.stop().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.redis.start_again().await?;
-        event("Redis back");
+        match &mut self.redis {
+            LabRedis::Single(server) => {
+                event("Redis stops");
+                server.stop().await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                server.start_again().await?;
+                event("Redis back");
+            }
+            LabRedis::Sentinel(set) => {
+                event("SIGKILL the Redis master");
+                let master = set.fail_over().await?;
+                event(&format!("the sentinels promoted :{master}"));
+                set.restart_down().await?;
+                event("the old master is back, as a replica");
+            }
+        }
         Ok(())
     }
 }

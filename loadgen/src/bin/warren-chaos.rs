@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use loadgen::chaos::{self, Lab, Load};
-use testkit::stack::Front;
+use loadgen::chaos::{self, Lab, Load, RedisKind};
+use testkit::stack::{Front, Shape};
 
 #[derive(Debug, Parser)]
 #[command(name = "warren-chaos", version, about)]
@@ -53,6 +53,11 @@ struct Args {
     /// the session cookie, or round robin (no affinity at all).
     #[arg(long, env = "CHAOS_BALANCE", value_enum, default_value_t = Balance::Hash)]
     balance: Balance,
+    /// The private stack's Redis: one server (stopped and started again
+    /// mid-run), or a master, a replica and three sentinels (the master
+    /// killed mid-run, the sentinels failing over).
+    #[arg(long, env = "CHAOS_REDIS", value_enum, default_value_t = RedisKind::Single)]
+    redis: RedisKind,
 }
 
 /// HAProxy's balance algorithm in a private stack.
@@ -87,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
         Some(front) => chaos::drive(front, &load, async { Ok(()) }).await?,
         None => {
             let front = Front { round_robin: args.balance == Balance::RoundRobin, ..Front::default() };
-            let mut lab = Lab::start(args.bridges, args.gateways, args.drain_window, front).await?;
+            let shape = Shape { bridges: args.bridges, gateways: args.gateways, haproxy: true };
+            let mut lab = Lab::start(shape, args.drain_window, front, args.redis).await?;
             let front = lab.stack.front();
             let duration = load.duration;
             let faults = async { lab.faults(duration).await };
@@ -101,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             Balance::RoundRobin => "round-robin",
         }
         .into();
+        line["redis"] = args.redis.name().into();
     }
     println!("{line}");
     let limit = args.drain_window + Duration::from_secs(5);
