@@ -7,6 +7,7 @@
 //! link and fails fast (a retryable error) while there is none.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -27,12 +28,15 @@ use crate::room::{self, Entry, Outgoing, Start};
 /// refuses stream consumers without a prefetch.
 const PREFETCH: u16 = 256;
 
-/// Where the broker is and how to reach it: its URL and, for `amqps://`,
-/// what to trust and what to show. Its `Debug` shows neither the URL (it
-/// holds the password) nor the client key.
+/// Where the broker is and how to reach it: the URL of each of its nodes
+/// (one, or the nodes of a cluster) and, for `amqps://`, what to trust and
+/// what to show. Its `Debug` shows neither the URLs (they hold the password)
+/// nor the client key.
 #[derive(Clone)]
 pub struct Endpoint {
-    url: String,
+    urls: Arc<[String]>,
+    /// The node to try first: the last one that took a connection.
+    preferred: Arc<AtomicUsize>,
     tls: OwnedTLSConfig,
 }
 
@@ -61,7 +65,8 @@ pub struct Link {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// The broker at `url`; over TLS with `files` when it is `amqps://`.
+    /// The broker at `urls` (the nodes of one cluster, in the order to try
+    /// them); over TLS with `files` when they are `amqps://`.
     ///
     /// lapin loads the system's roots itself (rustls-native-certs) and adds
     /// the PEM it is given to them, so it is given the extra CA file's
@@ -69,12 +74,14 @@ impl Endpoint {
     ///
     /// # Errors
     /// When the TLS files are unusable.
-    pub fn new(url: String, files: &platform::tls::Files) -> Result<Self, platform::tls::TlsError> {
-        let Some(tls) = platform::tls::for_url(&url, files)? else {
+    pub fn new(urls: Vec<String>, files: &platform::tls::Files) -> Result<Self, platform::tls::TlsError> {
+        let first = urls.first().cloned().unwrap_or_default();
+        let (urls, preferred) = (Arc::from(urls), Arc::new(AtomicUsize::new(0)));
+        let Some(tls) = platform::tls::for_url(&first, files)? else {
             if !files.is_empty() {
                 tracing::warn!("--tls-* files given but the AMQP URL is not amqps://: they are not used");
             }
-            return Ok(Self { url, tls: OwnedTLSConfig::default() });
+            return Ok(Self { urls, preferred, tls: OwnedTLSConfig::default() });
         };
         for problem in tls.problems() {
             tracing::warn!(%problem, "system certificate store");
@@ -84,19 +91,47 @@ impl Endpoint {
             pem: identity.cert_pem().to_vec(),
             key: identity.key_pem().to_vec(),
         });
-        Ok(Self { url, tls: OwnedTLSConfig { identity, cert_chain: tls.extra_pem() } })
+        Ok(Self { urls, preferred, tls: OwnedTLSConfig { identity, cert_chain: tls.extra_pem() } })
     }
 
+    /// A connection to the first node that takes one, starting with the one
+    /// that took the last: a crashed node costs one refused attempt.
     async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut failure = None;
+        for offset in 0..self.urls.len() {
+            let node = (start + offset) % self.urls.len();
+            match self.connect_to(&self.urls[node]).await {
+                Ok(connection) => {
+                    if node != start {
+                        tracing::info!(node, "connected to another broker node");
+                    }
+                    self.preferred.store(node, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(error) => {
+                    if self.urls.len() > 1 {
+                        tracing::warn!(node, %error, "broker node unreachable; trying the next");
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure
+            .unwrap_or(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))))
+    }
+
+    async fn connect_to(&self, url: &str) -> Result<Connection, lapin::Error> {
         let runtime = lapin::runtime::default_runtime()?;
-        Connection::connect_with_config(&self.url, ConnectionProperties::default(), self.tls.clone(), runtime).await
+        Connection::connect_with_config(url, ConnectionProperties::default(), self.tls.clone(), runtime).await
     }
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
-            .field("tls", &platform::tls::is_tls_url(&self.url))
+            .field("nodes", &self.urls.len())
+            .field("tls", &self.urls.first().is_some_and(|url| platform::tls::is_tls_url(url)))
             .field("extra_roots", &self.tls.cert_chain.is_some())
             .field("client_certificate", &self.tls.identity.is_some())
             .finish_non_exhaustive()

@@ -27,8 +27,9 @@ pub struct Config {
     #[arg(long, env = "BRIDGE_INSTANCE", default_value = "bridge")]
     pub instance: String,
 
-    /// RabbitMQ URL. Holds the broker password: pass it by environment in
-    /// production. Neither flag nor variable given: the RabbitMQ service
+    /// RabbitMQ URL; for a cluster, the URL of each node, comma-separated
+    /// (one connection at a time, to the next node when one fails). Holds
+    /// the broker password: pass it by environment in production. Neither flag nor variable given: the RabbitMQ service
     /// bound in Cloud Foundry's `VCAP_SERVICES`, if any, else this default
     /// (see [`Config::try_parse_with_platform`]).
     #[arg(
@@ -135,6 +136,13 @@ impl Config {
         }
     }
 
+    /// The URL of each broker node, in the order to try them (never empty).
+    pub fn amqp_urls(&self) -> Vec<String> {
+        let urls: Vec<String> =
+            self.amqp_url.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect();
+        if urls.is_empty() { vec![self.amqp_url.clone()] } else { urls }
+    }
+
     /// The TLS files for the broker (used when its URL is `amqps://`).
     pub fn tls_files(&self) -> platform::tls::Files {
         platform::tls::Files {
@@ -193,5 +201,13 @@ mod tests {
         assert_eq!(config.tls_files().client_cert.as_deref(), Some(std::path::Path::new("c.pem")));
         assert!(Config::try_parse_from(["warren-bridge", "--tls-client-cert", "c.pem"]).is_err());
         assert!(Config::try_parse_from(["warren-bridge", "--tls-client-key", "k.pem"]).is_err());
+    }
+
+    #[test]
+    fn a_cluster_is_its_nodes_urls_in_order() {
+        let parse = |url: &str| Config::try_parse_from(["warren-bridge", "--amqp-url", url]).expect("parses");
+        let cluster = parse("amqp://u:p@n1:5672/%2f, amqp://u:p@n2:5672/%2f,amqp://u:p@n3:5672/%2f");
+        assert_eq!(cluster.amqp_urls(), ["amqp://u:p@n1:5672/%2f", "amqp://u:p@n2:5672/%2f", "amqp://u:p@n3:5672/%2f"]);
+        assert_eq!(parse("amqp://u:p@n1:5672/%2f").amqp_urls(), ["amqp://u:p@n1:5672/%2f"]);
     }
 }

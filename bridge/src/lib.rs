@@ -61,12 +61,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let retention = config.retention();
-    let policy = Policy::new(retention.clone(), &config.amqp_url, config.management_url.as_ref());
+    let urls = config.amqp_urls();
+    let policy = Policy::new(retention.clone(), &urls[0], config.management_url.as_ref());
     let exporter = ops::metrics::install();
     metrics::describe();
     metrics::amqp_connected(false, false);
     let max_age = retention.max_age.duration();
-    let broker = Broker::new(Endpoint::new(config.amqp_url.clone(), &config.tls_files())?, retention);
+    let broker = Broker::new(Endpoint::new(urls, &config.tls_files())?, retention);
     // The broker outlives the service so that publishes in flight can finish.
     let broker_token = CancellationToken::new();
     let broker_task = tokio::spawn({
