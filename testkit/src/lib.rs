@@ -8,6 +8,8 @@
 //!   ([`sse`]) an event stream and its POSTs.
 //! - [`services`]: private Redis and RabbitMQ servers on free loopback ports,
 //!   to stop, kill and restart (chaos tests); the shared ones stay untouched.
+//! - [`rabbit_cluster`]: three clustered private RabbitMQ nodes, to kill
+//!   the one leading a stream.
 //! - [`sentinel`]: a Redis master, its replica and three sentinels, to fail
 //!   over.
 //! - [`pki`] (feature `pki`): a throwaway CA and certificates, for TLS tests.
@@ -18,6 +20,7 @@
 pub mod http;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod rabbit_cluster;
 pub mod sentinel;
 pub mod services;
 pub mod sse;

@@ -285,6 +285,12 @@ pub struct NodeOptions {
     /// The management plugin, its HTTP API on a port of its own (adds about
     /// a second to the boot).
     pub management: bool,
+    /// The Erlang cookie, instead of a random one: nodes that share it can
+    /// form a cluster (`testkit::rabbit_cluster`).
+    pub cookie: Option<String>,
+    /// Lines appended to the node's `rabbitmq.conf` as they are, e.g. peer
+    /// discovery settings.
+    pub extra_config: Vec<String>,
 }
 
 impl RabbitNode {
@@ -342,12 +348,16 @@ impl RabbitNode {
         if let Some(management_port) = management_port {
             config.push_str(&format!("management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"));
         }
+        for line in &options.extra_config {
+            config.push_str(line);
+            config.push('\n');
+        }
         std::fs::write(dir.path.join("rabbitmq.conf"), config)?;
         let plugins = if options.management { "[rabbitmq_management].\n" } else { "[].\n" };
         std::fs::write(dir.path.join("enabled_plugins"), plugins)?;
         // Our own (empty) env file, not /etc/rabbitmq/rabbitmq-env.conf.
         std::fs::write(dir.path.join("rabbitmq-env.conf"), "")?;
-        let cookie: String = (0..20).map(|_| char::from(b'A' + rand::random_range(0..26_u8))).collect();
+        let cookie = options.cookie.clone().unwrap_or_else(random_cookie);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -410,6 +420,40 @@ impl RabbitNode {
     /// Its Erlang node name, for `rabbitmqctl -n`.
     pub fn node_name(&self) -> &str {
         &self.node
+    }
+
+    /// Whether its process runs (it was not stopped or killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `rabbitmqctl -n NODE ARGS...` with this node's environment (its
+    /// cookie), killed after `limit`; returns its stdout.
+    ///
+    /// # Errors
+    /// When it fails, or takes longer than `limit`.
+    pub(crate) async fn rabbitmqctl(&self, args: &[&str], limit: Duration) -> anyhow::Result<String> {
+        let run = Command::new(self.bin_dir.join("rabbitmqctl"))
+            .envs(self.env())
+            .args(["-n", &self.node])
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = timeout(limit, run)
+            .await
+            .with_context(|| format!("rabbitmqctl -n {} {} took over {limit:?}", self.node, args.join(" ")))?
+            .context("run rabbitmqctl")?;
+        ensure!(
+            output.status.success(),
+            "rabbitmqctl -n {} {} failed ({}): {}{}",
+            self.node,
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The Erlang VM's OS process id, while it runs.
@@ -563,7 +607,7 @@ impl RabbitNode {
         Ok(())
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let node_log = self.dir.path.join("log").join(format!("{}.log", self.node));
         format!("{}\n{}", tail(&self.dir.path.join("stdout.log")), tail(&node_log))
     }
@@ -589,6 +633,11 @@ async fn amqp_answers(addr: SocketAddr) -> bool {
         Ok::<_, std::io::Error>(stream.read_u8().await? == 1)
     };
     matches!(timeout(Duration::from_secs(2), exchange).await, Ok(Ok(true)))
+}
+
+/// A random Erlang cookie (20 capital letters).
+pub(crate) fn random_cookie() -> String {
+    (0..20).map(|_| char::from(b'A' + rand::random_range(0..26_u8))).collect()
 }
 
 /// Where the real `rabbitmq-server` and `rabbitmqctl` scripts are.
