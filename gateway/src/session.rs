@@ -449,19 +449,25 @@ impl SessionStore {
 
     /// The `Set-Cookie` value that hands `id` to the browser.
     pub fn set_cookie(&self, id: &SessionId) -> String {
-        let secure = if self.secure { "; Secure" } else { "" };
-        format!(
-            "{}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
-            self.cookie_name,
-            self.signer.cookie_value(id),
-            self.max_age.as_secs()
-        )
+        self.cookie(self.signer.cookie_value(id), self.max_age).to_string()
     }
 
     /// The `Set-Cookie` value that removes the cookie.
     pub fn clear_cookie(&self) -> String {
-        let secure = if self.secure { "; Secure" } else { "" };
-        format!("{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{secure}", self.cookie_name)
+        self.cookie(String::new(), Duration::ZERO).to_string()
+    }
+
+    /// The session cookie: script-proof (`HttpOnly`), not sent with other
+    /// sites' requests (`SameSite=Lax`), `Secure` behind TLS.
+    fn cookie(&self, value: String, max_age: Duration) -> cookie::Cookie<'static> {
+        let seconds = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+        cookie::Cookie::build((self.cookie_name.to_string(), value))
+            .path("/")
+            .max_age(cookie::time::Duration::seconds(seconds))
+            .http_only(true)
+            .same_site(cookie::SameSite::Lax)
+            .secure(self.secure)
+            .build()
     }
 
     /// Whether Redis answers (readiness).
@@ -538,6 +544,17 @@ mod tests {
         assert!(matches!(lower, Err(SessionError::NoCookie)), "names are case-sensitive");
         assert!(store.set_cookie(&id).starts_with(&format!("JSESSIONID={value}; ")));
         assert!(store.clear_cookie().starts_with("JSESSIONID=; "));
+        for (set, max_age) in [(store.set_cookie(&id), "Max-Age=60"), (store.clear_cookie(), "Max-Age=0")] {
+            let attributes: Vec<&str> = set.split("; ").skip(1).collect();
+            for wanted in ["HttpOnly", "SameSite=Lax", "Path=/", max_age] {
+                assert!(attributes.contains(&wanted), "{wanted} in {set}");
+            }
+            assert!(!attributes.contains(&"Secure"), "not Secure without TLS: {set}");
+        }
+        let secure = SessionStore::new(store.pool.clone(), signer, Duration::from_secs(60), true);
+        assert!(
+            secure.set_cookie(&id).split("; ").any(|a| a == "Secure") && secure.clear_cookie().contains("; Secure")
+        );
         assert!(
             is_cookie_name("JSESSIONID") && !is_cookie_name("a b") && !is_cookie_name("a=b") && !is_cookie_name("")
         );

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
+use testkit::rabbit_cluster::RabbitCluster;
 use testkit::sentinel::Sentinels;
 use testkit::services::{RabbitNode, RedisServer};
 use testkit::stack::{Extras, Front, Shape, Stack};
@@ -224,6 +225,38 @@ pub enum LabRedis {
     Sentinel(Sentinels),
 }
 
+/// A private stack's RabbitMQ, as it was started.
+#[derive(Debug)]
+pub enum LabRabbit {
+    /// One node, stopped and started again.
+    Single(Box<RabbitNode>),
+    /// Three clustered nodes; the one leading the partitions is killed.
+    Cluster(RabbitCluster),
+}
+
+impl LabRabbit {
+    /// How many RabbitMQ nodes.
+    pub fn nodes(&self) -> usize {
+        match self {
+            Self::Single(_) => 1,
+            Self::Cluster(cluster) => cluster.nodes().len(),
+        }
+    }
+}
+
+/// What a private stack runs on, beyond its processes' shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// The gateways' drain window.
+    pub drain_window: Duration,
+    /// How HAProxy differs from the shipped config.
+    pub front: Front,
+    /// The Redis.
+    pub redis: RedisKind,
+    /// A three-node RabbitMQ cluster instead of one node.
+    pub rabbitmq_cluster: bool,
+}
+
 /// A private stack to break: its own Redis and RabbitMQ, 2 bridges, 3
 /// gateways (and a spare), HAProxy.
 #[derive(Debug)]
@@ -232,8 +265,8 @@ pub struct Lab {
     pub stack: Stack,
     /// Its Redis.
     pub redis: LabRedis,
-    /// Its RabbitMQ node.
-    pub rabbit: RabbitNode,
+    /// Its RabbitMQ.
+    pub rabbit: LabRabbit,
 }
 
 impl Lab {
@@ -241,8 +274,8 @@ impl Lab {
     ///
     /// # Errors
     /// When a service or process does not start.
-    pub async fn start(shape: Shape, drain_window: Duration, front: Front, redis: RedisKind) -> anyhow::Result<Self> {
-        let (redis, redis_url, gateway_env) = match redis {
+    pub async fn start(shape: Shape, setup: Setup) -> anyhow::Result<Self> {
+        let (redis, redis_url, gateway_env) = match setup.redis {
             RedisKind::Single => {
                 let server = RedisServer::start().await.context("start Redis")?;
                 let url = server.url();
@@ -254,14 +287,23 @@ impl Lab {
                 (LabRedis::Sentinel(set), url, env)
             }
         };
-        let rabbit = RabbitNode::start().await.context("start RabbitMQ")?;
+        let (rabbit, amqp_url) = if setup.rabbitmq_cluster {
+            let cluster = RabbitCluster::start().await.context("start a RabbitMQ cluster")?;
+            // Every bridge knows every node, as it would a cluster's pods.
+            let urls = cluster.urls().join(",");
+            (LabRabbit::Cluster(cluster), urls)
+        } else {
+            let node = RabbitNode::start().await.context("start RabbitMQ")?;
+            let url = node.url();
+            (LabRabbit::Single(Box::new(node)), url)
+        };
         let extras = Extras {
             redis_url: Some(redis_url),
             gateway_env,
-            amqp_url: Some(rabbit.url()),
+            amqp_url: Some(amqp_url),
             spare_gateways: 1,
-            drain_window: Some(drain_window),
-            front,
+            drain_window: Some(setup.drain_window),
+            front: setup.front,
             ..Extras::default()
         };
         let stack = Stack::start_with(Shape { haproxy: true, ..shape }, extras).await?;
@@ -270,8 +312,9 @@ impl Lab {
 
     /// The fault schedule, spread over `duration`: a gateway drained
     /// (SIGTERM: scale-down), a gateway crashed (SIGKILL) and replaced, a
-    /// bridge killed and restarted, RabbitMQ restarted, Redis restarted (or,
-    /// behind Sentinel, its master killed and failed over).
+    /// bridge killed and restarted, RabbitMQ restarted (or, in a cluster,
+    /// the node leading the partitions killed, then started again), Redis
+    /// restarted (or, behind Sentinel, its master killed and failed over).
     ///
     /// # Errors
     /// When something does not come back.
@@ -296,10 +339,22 @@ impl Lab {
         event("bridge-1 back");
 
         at(0.55).await;
-        event("RabbitMQ stops");
-        self.rabbit.stop().await?;
-        self.rabbit.start_again().await?;
-        event("RabbitMQ back");
+        match &mut self.rabbit {
+            LabRabbit::Single(node) => {
+                event("RabbitMQ stops");
+                node.stop().await?;
+                node.start_again().await?;
+                event("RabbitMQ back");
+            }
+            LabRabbit::Cluster(cluster) => {
+                let leader = cluster.stream_leader(&partition_queue(0)).await?;
+                event(&format!("SIGKILL RabbitMQ node {leader}, the partitions' leader"));
+                cluster.kill_node(leader).await?;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                cluster.restart_node(leader).await?;
+                event(&format!("RabbitMQ node {leader} back"));
+            }
+        }
 
         at(0.75).await;
         match &mut self.redis {
@@ -320,6 +375,11 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// A partition's stream queue, as the bridge names it.
+fn partition_queue(partition: u16) -> String {
+    format!("warren.partition.{partition}")
 }
 
 fn event(what: &str) {

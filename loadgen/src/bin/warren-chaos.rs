@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use loadgen::chaos::{self, Lab, Load, RedisKind};
+use loadgen::chaos::{self, Lab, Load, RedisKind, Setup};
 use testkit::stack::{Front, Shape};
 
 #[derive(Debug, Parser)]
@@ -58,6 +58,11 @@ struct Args {
     /// killed mid-run, the sentinels failing over).
     #[arg(long, env = "CHAOS_REDIS", value_enum, default_value_t = RedisKind::Single)]
     redis: RedisKind,
+    /// The private stack's RabbitMQ as a cluster of three nodes (every
+    /// bridge given each node's URL); the node leading the partitions is
+    /// killed mid-run and started again, instead of one node restarted.
+    #[arg(long, env = "CHAOS_RABBITMQ_CLUSTER")]
+    rabbitmq_cluster: bool,
 }
 
 /// HAProxy's balance algorithm in a private stack.
@@ -88,12 +93,20 @@ async fn main() -> anyhow::Result<()> {
         sse_share: args.sse_share,
     };
     anyhow::ensure!((0.0..=1.0).contains(&args.sse_share), "--sse-share is a share: 0 to 1");
+    let mut rabbitmq_nodes = None;
     let verdict = match args.url {
         Some(front) => chaos::drive(front, &load, async { Ok(()) }).await?,
         None => {
             let front = Front { round_robin: args.balance == Balance::RoundRobin, ..Front::default() };
             let shape = Shape { bridges: args.bridges, gateways: args.gateways, haproxy: true };
-            let mut lab = Lab::start(shape, args.drain_window, front, args.redis).await?;
+            let setup = Setup {
+                drain_window: args.drain_window,
+                front,
+                redis: args.redis,
+                rabbitmq_cluster: args.rabbitmq_cluster,
+            };
+            let mut lab = Lab::start(shape, setup).await?;
+            rabbitmq_nodes = Some(lab.rabbit.nodes());
             let front = lab.stack.front();
             let duration = load.duration;
             let faults = async { lab.faults(duration).await };
@@ -108,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         }
         .into();
         line["redis"] = args.redis.name().into();
+        line["rabbitmq_nodes"] = rabbitmq_nodes.into();
     }
     println!("{line}");
     let limit = args.drain_window + Duration::from_secs(5);
