@@ -8,9 +8,11 @@
 //! index is deterministic (it depends on the partition's content alone), so
 //! every bridge computes the same `prev_id`s and the same repeats.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
+use proto::rules::RecentSends;
+pub use proto::rules::SendKey;
 use proto::warren::v1::Message;
 
 /// Messages kept per room: at least a join's tail (50) plus a margin.
@@ -19,9 +21,8 @@ pub const RECENT: usize = 64;
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(120);
 /// Sends remembered per room, whatever their age.
 const MAX_SENDS: usize = 1024;
-
-/// Who sent a message and under which client id: the de-duplication key.
-pub type SendKey = (String, String);
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+const DEDUP_WINDOW_MS: i64 = DEDUP_WINDOW.as_millis() as i64;
 
 /// What appending a message did.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,9 +43,7 @@ pub struct RoomLog {
     /// one before it.
     recent: VecDeque<Message>,
     /// The first id of each remembered (user, cid).
-    sends: HashMap<SendKey, u64>,
-    /// Remembered sends with their time, oldest first.
-    send_order: VecDeque<(SendKey, i64)>,
+    sends: RecentSends<MAX_SENDS, DEDUP_WINDOW_MS>,
 }
 
 /// An answer from the index: messages in id order, and the id up to which
@@ -72,16 +71,15 @@ impl RoomLog {
 
     /// The id of the first message under `key`, if it is remembered.
     pub fn first_send(&self, key: &SendKey) -> Option<u64> {
-        self.sends.get(key).copied()
+        self.sends.first(key)
     }
 
     /// Takes the next message of the room, read from its partition.
     pub fn append(&mut self, mut message: Message) -> Appended {
         let key = (message.user.clone(), message.cid.clone());
-        if let Some(&first) = self.sends.get(&key) {
+        if let Some(first) = self.sends.remember(key, message.id, message.ts) {
             return Appended::Repeat(first);
         }
-        self.remember_send(key, message.id, message.ts);
         message.prev_id = self.last_id;
         self.last_id = message.id;
         self.recent.push_back(message.clone());
@@ -89,19 +87,6 @@ impl RoomLog {
             self.recent.pop_front();
         }
         Appended::New(message)
-    }
-
-    fn remember_send(&mut self, key: SendKey, id: u64, ts: i64) {
-        let window = i64::try_from(DEDUP_WINDOW.as_millis()).unwrap_or(i64::MAX);
-        while let Some((oldest, at)) = self.send_order.front() {
-            if self.send_order.len() < MAX_SENDS && ts.saturating_sub(*at) <= window {
-                break;
-            }
-            self.sends.remove(oldest);
-            self.send_order.pop_front();
-        }
-        self.sends.insert(key.clone(), id);
-        self.send_order.push_back((key, ts));
     }
 
     /// Ids above this are all in memory.

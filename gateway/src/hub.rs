@@ -28,6 +28,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use ops::backoff::Backoff;
+use proto::rules::RecentSends;
 use proto::warren::v1::Message;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
@@ -118,10 +119,8 @@ struct Room {
     /// The newest messages, a chain (each one's `prev_id` is the id of the
     /// one before), ending at `last_id` when not empty.
     recent: VecDeque<Delivered>,
-    /// The first id seen for each recent (user, cid), oldest first in
-    /// `send_order`.
-    sends: HashMap<(String, String), u64>,
-    send_order: VecDeque<(String, String)>,
+    /// The first id seen for each recent (user, cid).
+    sends: RecentSends<REMEMBERED_SENDS, { i64::MAX }>,
     members: HashMap<SocketId, Member>,
 }
 
@@ -210,18 +209,10 @@ impl Room {
     fn admit(&mut self, message: &Message) -> Delivered {
         let key = (message.user.clone(), message.cid.clone());
         let (id, prev_id) = (message.id, message.prev_id);
-        match self.sends.get(&key) {
-            Some(&first) if first < message.id => return Delivered { id, prev_id, frame: None },
-            Some(_) => {}
-            None => {
-                self.sends.insert(key.clone(), message.id);
-                self.send_order.push_back(key);
-                while self.send_order.len() > REMEMBERED_SENDS {
-                    if let Some(oldest) = self.send_order.pop_front() {
-                        self.sends.remove(&oldest);
-                    }
-                }
-            }
+        // A first id above this one: the same message seen again (a gap
+        // fill), not a repeat.
+        if self.sends.remember(key, id, message.ts).is_some_and(|first| first < id) {
+            return Delivered { id, prev_id, frame: None };
         }
         Delivered { id, prev_id, frame: Some(ServerFrame::message(message).encode()) }
     }

@@ -29,6 +29,11 @@
 //! - [`error`]: HTTP errors and their statuses.
 //! - [`metrics`]: the Prometheus metrics, named in one place.
 
+// The connection future nests the whole request path (hyper, the session
+// pool, the hub's rooms); proving it `Send` goes deeper than the default
+// limit of 128.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod config;
 pub mod conn;
