@@ -23,11 +23,11 @@
 //! Redis match the gateway's sockets again ([`Writer::reconcile`]).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult, Value};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +58,7 @@ const EXIT_CLEANUP: Duration = Duration::from_secs(5);
 /// the user in the room announces `join`. Answers the change number and the
 /// room's members, or `{-1}` when this gateway's heartbeat is gone (it was
 /// reaped, or Redis lost its data): nothing is written then.
-const ADD: &str = r"
+const ADD_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, {}} end
 if redis.call('SADD', KEYS[2], ARGV[1] .. '|' .. ARGV[2]) == 1
   and redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
@@ -69,14 +69,14 @@ return {tonumber(redis.call('GET', KEYS[4]) or '0'), redis.call('HKEYS', KEYS[3]
 ";
 
 /// The change number and a room's members, read together.
-const LOOK: &str = r"
+const LOOK_LUA: &str = r"
 return {tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('HKEYS', KEYS[1])}
 ";
 
 /// Removes `(room, user)` from this gateway's entries; the last gateway to
 /// hold the user in the room announces `leave`. `-1` when the heartbeat is
 /// gone (nothing written).
-const REMOVE: &str = r"
+const REMOVE_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SREM', KEYS[2], ARGV[1] .. '|' .. ARGV[2]) == 1
   and redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1
@@ -91,7 +91,7 @@ return 0
 /// Refreshes a heartbeat and registers its gateway; answers whether the
 /// heartbeat was still there (0: first beat, or it expired and the gateway
 /// may have been reaped).
-const HEARTBEAT: &str = r"
+const HEARTBEAT_LUA: &str = r"
 local alive = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
@@ -99,7 +99,7 @@ return alive
 ";
 
 /// The registered gateways whose heartbeat is gone.
-const EXPIRED: &str = r"
+const EXPIRED_LUA: &str = r"
 local dead = {}
 for _, owner in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', ARGV[1] .. owner) == 0 then table.insert(dead, owner) end
@@ -113,7 +113,7 @@ return dead
 /// `{entries left, entries removed}`, or `{-1, 0}` when the heartbeat is
 /// there (alive again: not reaped). Any number of gateways may run it at
 /// once: each entry is popped exactly once.
-const REAP: &str = r"
+const REAP_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0} end
 local entries = redis.call('SPOP', KEYS[2], ARGV[2])
 for _, entry in ipairs(entries) do
@@ -179,22 +179,37 @@ fn room_key(room: &str) -> String {
     format!("{ROOM_PREFIX}{room}")
 }
 
-fn script(source: &str, keys: &[&str], args: &[&str]) -> Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(source).arg(keys.len()).arg(keys).arg(args);
+/// The scripts, each sent to Redis once per connection ([`Link`] loads
+/// them) and then run by its hash (`EVALSHA`), also inside pipelines.
+static ADD: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_LUA));
+static LOOK: LazyLock<Script> = LazyLock::new(|| Script::new(LOOK_LUA));
+static REMOVE: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_LUA));
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT_LUA));
+static EXPIRED: LazyLock<Script> = LazyLock::new(|| Script::new(EXPIRED_LUA));
+static REAP: LazyLock<Script> = LazyLock::new(|| Script::new(REAP_LUA));
+
+fn scripts() -> [&'static Script; 6] {
+    [&ADD, &LOOK, &REMOVE, &HEARTBEAT, &EXPIRED, &REAP]
+}
+
+/// `EVALSHA` of a loaded script. redis-rs retries a lone invocation after
+/// `NOSCRIPT` but not one inside a pipeline, hence the load at connect.
+fn script(script: &Script, keys: &[&str], args: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args);
     cmd
 }
 
 fn add(keys: &Keys, room: &str, user: &str) -> Cmd {
-    script(ADD, &[&keys.heartbeat, &keys.entries, &room_key(room), SEQ], &[room, user, CHANNEL])
+    script(&ADD, &[&keys.heartbeat, &keys.entries, &room_key(room), SEQ], &[room, user, CHANNEL])
 }
 
 fn look(room: &str) -> Cmd {
-    script(LOOK, &[&room_key(room), SEQ], &[])
+    script(&LOOK, &[&room_key(room), SEQ], &[])
 }
 
 fn remove(keys: &Keys, room: &str, user: &str) -> Cmd {
-    script(REMOVE, &[&keys.heartbeat, &keys.entries, &room_key(room), SEQ], &[room, user, CHANNEL])
+    script(&REMOVE, &[&keys.heartbeat, &keys.entries, &room_key(room), SEQ], &[room, user, CHANNEL])
 }
 
 /// The answer of [`ADD`] or [`LOOK`]: `None` when the heartbeat was gone.
@@ -224,7 +239,11 @@ impl Link {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(REDIS_TIMEOUT))
                 .set_response_timeout(Some(REDIS_TIMEOUT));
-            let connection = self.redis.connect(&config).await?;
+            let mut connection = self.redis.connect(&config).await?;
+            // After a restart or a failover the server knows no script.
+            for script in scripts() {
+                script.load_async(&mut connection).await?;
+            }
             self.connection = Some(connection);
         }
         self.connection.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))
@@ -329,7 +348,7 @@ impl Writer {
     /// an earlier write failed.
     async fn beat(&mut self) {
         let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).to_string();
-        let cmd = script(HEARTBEAT, &[&self.keys.heartbeat, REGISTRY], &[&ttl, &self.keys.owner]);
+        let cmd = script(&HEARTBEAT, &[&self.keys.heartbeat, REGISTRY], &[&ttl, &self.keys.owner]);
         match self.link.query::<i64>(&cmd).await {
             Ok(alive) => {
                 metrics::presence_heartbeat(true);
@@ -434,7 +453,7 @@ fn is_expired_snapshot(value: &Value) -> bool {
 async fn reap(link: &mut Link, keys: &Keys) -> RedisResult<u64> {
     let limit = REAP_CHUNK.to_string();
     let cmd =
-        script(REAP, &[&keys.heartbeat, &keys.entries, REGISTRY, SEQ], &[&keys.owner, &limit, CHANNEL, ROOM_PREFIX]);
+        script(&REAP, &[&keys.heartbeat, &keys.entries, REGISTRY, SEQ], &[&keys.owner, &limit, CHANNEL, ROOM_PREFIX]);
     let mut removed = 0;
     loop {
         let (left, now): (i64, u64) = link.query(&cmd).await?;
@@ -463,7 +482,7 @@ pub async fn sweep(redis: Redis, own: Arc<str>, every: Duration, token: Cancella
 }
 
 async fn sweep_once(link: &mut Link, own: &str) -> RedisResult<()> {
-    let dead: Vec<String> = link.query(&script(EXPIRED, &[REGISTRY], &[GATEWAY_PREFIX])).await?;
+    let dead: Vec<String> = link.query(&script(&EXPIRED, &[REGISTRY], &[GATEWAY_PREFIX])).await?;
     // A gateway never reaps itself: its writer reconciles instead.
     for owner in dead.into_iter().filter(|owner| owner != own) {
         let removed = reap(link, &Keys::new(owner.as_str().into())).await?;
