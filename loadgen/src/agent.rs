@@ -348,12 +348,21 @@ impl Agent {
                 }
             }
             Some("error") => {
-                // Retryable errors leave the send unacked: it goes again later.
+                // Retryable errors leave the send unacked: it goes again later,
+                // after `retry_after_ms` when the gateway names a wait (as the
+                // page does).
                 tracing::debug!(user = %self.profile.user, %frame, "error frame");
-                let retryable = matches!(frame["code"].as_str(), Some("unavailable" | "timeout"));
-                if !retryable && let Some(cid) = frame["cid"].as_str() {
+                let retryable = matches!(frame["code"].as_str(), Some("unavailable" | "timeout" | "rate_limited"));
+                let cid = frame["cid"].as_str()?;
+                if !retryable {
                     tracing::warn!(user = %self.profile.user, %frame, "send refused for good");
                     self.unacked.remove(cid);
+                } else if let (Some(wait), Some(pending)) =
+                    (frame["retry_after_ms"].as_u64(), self.unacked.get_mut(cid))
+                {
+                    // Due again `wait` from now: resends go RESEND_AFTER after `sent_at`.
+                    let due = Instant::now() + Duration::from_millis(wait);
+                    pending.sent_at = due.checked_sub(RESEND_AFTER).unwrap_or(pending.sent_at);
                 }
             }
             Some("reconnect") => {
