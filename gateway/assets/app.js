@@ -302,8 +302,9 @@
   /**
    * The event stream: frames arrive as events; the page's frames go out as
    * POSTs naming the stream, one after the other so that they keep their
-   * order. A POST answered 404 (the stream exists nowhere) or 401, or that
-   * fails, means the stream is gone; the server's `close` event too.
+   * order. A POST answered 429 goes again after `Retry-After`; one answered
+   * 404 (the stream exists nowhere) or 401, or that fails, means the stream
+   * is gone; the server's `close` event too.
    */
   function openStream() {
     const es = new EventSource('/sse');
@@ -314,9 +315,15 @@
       send: (text) => {
         if (!token) return;
         const url = `/sse?stream=${encodeURIComponent(token)}`;
-        chain = chain.then(() => fetch(url, {
+        const post = () => fetch(url, {
           method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' }, body: text,
-        })).then((res) => {
+        }).then((res) => {
+          // Too many POSTs: wait as told and post it again, in its place.
+          if (res.status !== 429) return res;
+          const wait = Math.min(Number(res.headers.get('Retry-After')) || 1, 30);
+          return new Promise((resolve) => { setTimeout(resolve, wait * 1000); }).then(post);
+        });
+        chain = chain.then(post).then((res) => {
           if ((res.status === 404 || res.status === 401 || res.status === 503) && conn === st.socket) lost();
         }, () => { if (conn === st.socket) lost(); });
       },

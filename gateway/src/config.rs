@@ -134,6 +134,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_USER_SEND_RATE", default_value_t = 20)]
     pub user_send_rate: u32,
 
+    /// POSTs per second to one event stream, through this gateway (burst:
+    /// twice this). Each costs a session read and a Redis `PUBLISH`, where a
+    /// WebSocket frame costs nothing in Redis. Over it: 429 with
+    /// `Retry-After`.
+    #[arg(long, env = "GATEWAY_SSE_POST_RATE", default_value_t = 20)]
+    pub sse_post_rate: u32,
+
     /// WebSocket handshakes per second one source address may make (burst:
     /// twice this). Over it: 429 with `Retry-After`. High enough for a
     /// crowd behind one NAT (3,000 sockets within 5 s); the node-wide
@@ -321,7 +328,8 @@ impl Config {
         if self.max_message_bytes < 1024 {
             return Err("--max-message-bytes: at least 1024".to_owned());
         }
-        let rates = [self.send_rate, self.user_send_rate, self.handshake_rate, self.max_sockets_per_user];
+        let rates =
+            [self.send_rate, self.user_send_rate, self.sse_post_rate, self.handshake_rate, self.max_sockets_per_user];
         if rates.contains(&0)
             || self.max_rooms_per_socket == 0
             || self.max_sockets == 0

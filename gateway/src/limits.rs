@@ -43,6 +43,7 @@ pub struct Limits {
     send_quota: Quota,
     user_sends: DefaultKeyedRateLimiter<String>,
     member_lists: DefaultKeyedRateLimiter<String>,
+    stream_posts: DefaultKeyedRateLimiter<String>,
     handshakes: DefaultKeyedRateLimiter<IpAddr>,
     sockets_per_user: Mutex<HashMap<String, u32>>,
     /// The one clock every limiter reads: making a clock is not free (it
@@ -116,6 +117,7 @@ impl Limits {
             send_quota: per_second(config.send_rate),
             user_sends: keyed(config.user_send_rate, &clock),
             member_lists: keyed(MEMBER_LISTS_PER_SECOND, &clock),
+            stream_posts: keyed(config.sse_post_rate, &clock),
             handshakes: keyed(config.handshake_rate, &clock),
             sockets_per_user: Mutex::new(HashMap::new()),
             clock,
@@ -153,6 +155,14 @@ impl Limits {
     /// How long to wait when the user is over its rate.
     pub fn member_list(&self, user: &str) -> Result<(), RetryAfter> {
         self.member_lists.check_key(&user.to_owned()).map_err(|n| self.retry_after(&n))
+    }
+
+    /// Takes one POST from an event stream's bucket (by its token).
+    ///
+    /// # Errors
+    /// How long to wait when the stream is over its rate.
+    pub fn stream_post(&self, token: &str) -> Result<(), RetryAfter> {
+        self.stream_posts.check_key(&token.to_owned()).map_err(|n| self.retry_after(&n))
     }
 
     /// A place among the handshakes in flight, held until the handshake is
@@ -198,6 +208,8 @@ impl Limits {
         self.user_sends.retain_recent();
         self.user_sends.shrink_to_fit();
         self.member_lists.retain_recent();
+        self.stream_posts.retain_recent();
+        self.stream_posts.shrink_to_fit();
         self.member_lists.shrink_to_fit();
         self.handshakes.retain_recent();
         self.handshakes.shrink_to_fit();

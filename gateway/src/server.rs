@@ -295,6 +295,11 @@ impl App {
             .ok_or_else(|| {
                 HttpError::BadRequest("name the stream: POST /sse?stream=<token from welcome>".to_owned())
             })?;
+        // Before the session read: the rate protects Redis.
+        if let Err(RetryAfter(wait)) = self.shared.limits.stream_post(&token) {
+            metrics::stream_post("rate_limited");
+            return Err(HttpError::TooManyRequests(wait));
+        }
         let session = self.sessions.authenticate(request.headers()).await?;
         let max = self.shared.limits.max_message_bytes;
         let body = Limited::new(request.into_body(), max).collect().await.map_err(|error| {

@@ -252,3 +252,41 @@ async fn a_stream_counts_against_the_users_socket_cap() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn posts_over_the_streams_rate_wait_with_429_and_lose_nothing() -> anyhow::Result<()> {
+    // 5 POSTs a second, a burst of 10.
+    let stack = one_gateway(&[("GATEWAY_SSE_POST_RATE", "5")]).await?;
+    let addr = stack.gateways[0].addr;
+    let (_, cookies) = login(addr, &testkit::unique("pat")).await?;
+    let (mut pat, welcome) = stream(addr, &cookies).await?;
+    let token = welcome["stream"].as_str().context("token")?.to_owned();
+    let ping = r#"{"type":"ping"}"#;
+    let (mut accepted, mut limited) = (0, None);
+    for _ in 0..30 {
+        let reply = sse::post(addr, &token, Some(&cookies), None, ping).await?;
+        match reply.status {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited = Some(reply);
+                break;
+            }
+            other => anyhow::bail!("POST answered {other}: {}", reply.text()),
+        }
+    }
+    let limited = limited.context("30 POSTs at once never hit the rate")?;
+    assert!(accepted >= 10, "the burst is accepted: {accepted}");
+    let wait: u64 = limited.headers.get(http::header::RETRY_AFTER).context("Retry-After")?.to_str()?.parse()?;
+    assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+    assert!(limited.json()?["error"].as_str().is_some_and(|e| !e.is_empty()), "a reason: {}", limited.text());
+
+    // Waited out, the next POST goes through; every accepted one was acted on.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(sse::post(addr, &token, Some(&cookies), None, ping).await?.status, StatusCode::ACCEPTED);
+    for _ in 0..=accepted {
+        pat.next_of_type("pong").await?;
+    }
+    let metrics = Client::new(stack.gateways[0].admin).get("/metrics").await?.text();
+    assert!(metrics.contains(r#"warren_gateway_sse_posts_total{result="rate_limited"} 1"#), "{metrics}");
+    Ok(())
+}

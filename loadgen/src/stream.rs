@@ -175,42 +175,59 @@ async fn post(
         let Some(frame) = frame else { return };
         // A kept-alive connection the balancer closed meanwhile fails at
         // once: the frame goes again on a new one (a frame sent twice is
-        // harmless: sends carry their cid, joins and pings repeat).
-        let mut answered = None;
-        for _ in 0..2 {
-            if sender.as_ref().is_none_or(SendRequest::is_closed) {
-                sender = match TcpStream::connect(addr).await {
-                    Ok(stream) => handshake(stream).await.ok(),
-                    Err(_) => None,
-                };
-            }
-            let Some(connection) = sender.as_mut() else { break };
-            let request = Request::builder()
-                .method(Method::POST)
-                .uri(&uri)
-                .header(header::HOST, addr.to_string())
-                .header(header::COOKIE, &cookie)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(frame.clone())));
-            let Ok(request) = request else { break };
-            match connection.send_request(request).await {
-                Ok(response) => {
-                    answered = Some(response);
-                    break;
+        // harmless: sends carry their cid, joins and pings repeat). A 429
+        // is waited out and the frame posted again, in its place.
+        let status = loop {
+            let mut answered = None;
+            for _ in 0..2 {
+                if sender.as_ref().is_none_or(SendRequest::is_closed) {
+                    sender = match TcpStream::connect(addr).await {
+                        Ok(stream) => handshake(stream).await.ok(),
+                        Err(_) => None,
+                    };
                 }
-                Err(_) => sender = None,
+                let Some(connection) = sender.as_mut() else { break };
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(&uri)
+                    .header(header::HOST, addr.to_string())
+                    .header(header::COOKIE, &cookie)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(frame.clone())));
+                let Ok(request) = request else { break };
+                match connection.send_request(request).await {
+                    Ok(response) => {
+                        answered = Some(response);
+                        break;
+                    }
+                    Err(_) => sender = None,
+                }
             }
-        }
-        let Some(response) = answered else {
-            end.cancel();
-            return;
+            let Some(response) = answered else {
+                end.cancel();
+                return;
+            };
+            let status = response.status();
+            let wait = retry_after(response.headers());
+            let _ = response.into_body().collect().await;
+            if status != StatusCode::TOO_MANY_REQUESTS {
+                break status;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = end.cancelled() => return,
+            }
         };
-        let status = response.status();
-        let _ = response.into_body().collect().await;
         if status != StatusCode::ACCEPTED {
             tracing::debug!(%status, "a POST to the stream was refused; the stream is gone");
             end.cancel();
             return;
         }
     }
+}
+
+/// A 429's `Retry-After` (seconds), 1 s when it names none.
+fn retry_after(headers: &http::HeaderMap) -> std::time::Duration {
+    let seconds = headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    std::time::Duration::from_secs(seconds.unwrap_or(1).min(30))
 }
