@@ -650,7 +650,10 @@ where
             Ok(encoder) => {
                 debug_assert!(self.state.cached_headers.is_none());
                 debug_assert!(head.headers.is_empty());
-                self.state.cached_headers = Some(head.headers);
+                // Warren: not kept for the next request's head. A response
+                // that streams for hours (an event stream) would hold the
+                // map's allocation as long, for a request that never comes.
+                drop(head.headers);
 
                 #[cfg(feature = "client")]
                 {
