@@ -11,6 +11,7 @@
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
 //! - [`redis_client`]: the one way to Redis (a node or a Sentinel-named master, TLS) they all use.
+//! - [`subscriptions`]: the one pub/sub connection: logouts, presence changes, stream posts.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
 //! - [`conn`]: one client's frames acted on, whatever carries them.
 //! - [`ws`]: the WebSocket transport: a socket's reader and writer.
@@ -54,6 +55,7 @@ pub mod server;
 pub mod session;
 pub mod sockets;
 pub mod sse;
+pub mod subscriptions;
 pub mod upstream;
 pub mod wire;
 pub mod ws;
@@ -77,6 +79,7 @@ use crate::server::App;
 use crate::session::{SessionStore, Signer};
 use crate::sockets::Sockets;
 use crate::sse::Relay;
+use crate::subscriptions::Subscriptions;
 use crate::upstream::Upstream;
 
 /// Runs a gateway on bound listeners until `shutdown` is cancelled; then
@@ -105,7 +108,9 @@ pub async fn run(
     }
     let redis = Redis::open(&config.redis_target(), &config.tls_files())?;
     let pool = redis.pool()?;
-    let relay = Arc::new(Relay::new(redis.clone(), pool.clone()));
+    let subscriptions = Subscriptions::new(redis.clone());
+    let relay = Arc::new(Relay::new(subscriptions.clone(), pool.clone()));
+    subscriptions.add(relay.clone(), &[]);
     let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
         .with_cookie_name(&config.session_cookie_name);
 
@@ -122,6 +127,7 @@ pub async fn run(
     // Like the admin port, presence outlives the drain: its entries stay
     // while the sockets move, and are removed when the gateway exits.
     let presence_token = CancellationToken::new();
+    subscriptions.add(presence_tasks.changes(), &[presence::CHANNEL]);
     let presence_task = tokio::spawn(presence_tasks.run(presence_token.clone()));
     // Not ready until Redis has answered once: see `watch_redis`.
     let redis_up = Arc::new(AtomicBool::new(false));
@@ -143,16 +149,17 @@ pub async fn run(
     let readiness: Arc<dyn ops::admin::Readiness> = Arc::new(readiness);
     let admin_task = tokio::spawn(ops::admin::serve(admin, readiness.clone(), exporter, admin_token.clone()));
 
-    // Event streams take POSTs through the relay until they are closed, so
-    // it outlives the drain too.
-    let relay_token = CancellationToken::new();
-    let relay_task = tokio::spawn({
-        let (relay, token) = (relay.clone(), relay_token.clone());
-        async move { relay.run(token).await }
-    });
     let sockets = Arc::new(Sockets::default());
+    subscriptions.add(logins::Announcements::new(sockets.clone()), &logins::Announcements::CHANNELS);
+    // Event streams take POSTs through the relay until they are closed, and
+    // presence follows changes until it ends: the subscription outlives the
+    // drain too.
+    let subscriptions_token = CancellationToken::new();
+    let subscriptions_task = tokio::spawn({
+        let (subscriptions, token) = (subscriptions.clone(), subscriptions_token.clone());
+        async move { subscriptions.run(token).await }
+    });
     let limits = Arc::new(Limits::new(&config));
-    tracker.spawn(logins::follow_logouts(redis, sockets.clone(), shutdown.clone()));
     let every = config.session_check_interval;
     tracker.spawn(logins::sweep_ended(sessions.clone(), sockets.clone(), every, shutdown.clone()));
     tracker.spawn(forget_idle_limits(limits.clone(), shutdown.clone()));
@@ -196,8 +203,8 @@ pub async fn run(
     ops::shutdown::wait_tasks(&tracker, config.shutdown_grace).await;
     presence_token.cancel();
     let _ = presence_task.await;
-    relay_token.cancel();
-    let _ = relay_task.await;
+    subscriptions_token.cancel();
+    let _ = subscriptions_task.await;
     upstream_token.cancel();
     admin_token.cancel();
     let _ = admin_task.await;

@@ -7,56 +7,41 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use ops::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::CloseReason;
-use crate::redis_client::Redis;
 use crate::session::{DISCONNECT_CHANNEL, LOGOUT_CHANNEL, LoginId, SessionStore};
 use crate::sockets::Sockets;
+use crate::subscriptions::Listener;
 
-/// Listens for logout announcements until `shutdown`, reconnecting to Redis
-/// with backoff when the subscription breaks.
-pub async fn follow_logouts(redis: Redis, sockets: Arc<Sockets>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    while !shutdown.is_cancelled() {
-        match listen(&redis, &sockets, &shutdown, &mut backoff).await {
-            Ok(()) => return,
-            Err(error) => tracing::warn!(%error, "logout subscription lost; resubscribing"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = shutdown.cancelled() => return,
-        }
+/// Closes sockets when a logout or a server-API disconnect is announced.
+#[derive(Debug)]
+pub struct Announcements {
+    sockets: Arc<Sockets>,
+}
+
+impl Announcements {
+    /// The channels the announcements come on.
+    pub const CHANNELS: [&str; 2] = [LOGOUT_CHANNEL, DISCONNECT_CHANNEL];
+
+    /// Announcements that close sockets of `sockets`.
+    pub fn new(sockets: Arc<Sockets>) -> Arc<Self> {
+        Arc::new(Self { sockets })
     }
 }
 
-async fn listen(
-    redis: &Redis,
-    sockets: &Sockets,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> Result<(), redis::RedisError> {
-    let mut pubsub = redis.subscriber().await?;
-    pubsub.subscribe(&[LOGOUT_CHANNEL, DISCONNECT_CHANNEL]).await?;
-    backoff.reset();
-    let mut messages = pubsub.on_message();
-    loop {
-        let message = tokio::select! {
-            message = messages.next() => message,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let Some(message) = message else {
-            return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")));
-        };
-        let Ok(payload) = message.get_payload::<String>() else { continue };
-        if message.get_channel_name() == DISCONNECT_CHANNEL {
-            let closed = sockets.close_user(&payload, CloseReason::DISCONNECTED);
+impl Listener for Announcements {
+    fn hears(&self, channel: &str) -> bool {
+        Self::CHANNELS.contains(&channel)
+    }
+
+    fn heard(&self, channel: &str, payload: String) {
+        if channel == DISCONNECT_CHANNEL {
+            let closed = self.sockets.close_user(&payload, CloseReason::DISCONNECTED);
             tracing::info!(sockets = closed, user = payload, "disconnect: closed the user's sockets");
-            continue;
+            return;
         }
-        let closed = sockets.close_login(&LoginId::from_announcement(payload), CloseReason::SESSION_ENDED);
+        let closed = self.sockets.close_login(&LoginId::from_announcement(payload), CloseReason::SESSION_ENDED);
         if closed > 0 {
             tracing::info!(sockets = closed, "logout: closed the login's sockets");
         }

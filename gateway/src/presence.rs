@@ -33,8 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use ops::backoff::Backoff;
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +43,7 @@ use self::store::{Keys, Link, Op, Snapshot, Writer};
 use crate::mailbox::{Mailbox, SocketId};
 use crate::metrics;
 use crate::redis_client::Redis;
+use crate::subscriptions::Listener;
 
 /// The Redis channel on which every presence change is announced.
 pub const CHANNEL: &str = "warren:presence";
@@ -434,8 +434,17 @@ impl LocalRoom {
 // === impl Tasks ===
 
 impl Tasks {
+    /// What follows [`CHANNEL`] (on the gateway's one subscription): every
+    /// gateway's changes, announced to this gateway's sockets.
+    pub fn changes(&self) -> Arc<Changes> {
+        Arc::new(Changes {
+            presence: self.presence.clone(),
+            link: tokio::sync::Mutex::new(Link::new(self.redis.clone())),
+        })
+    }
+
     /// Keeps this gateway's presence in Redis until `token`: writes its
-    /// entries and heartbeat, follows [`CHANNEL`], and removes the entries
+    /// entries and heartbeat, and removes the entries
     /// of gateways whose heartbeat expired. On `token`, removes this
     /// gateway's entries (announcing the leaves of users present nowhere
     /// else) and returns.
@@ -443,7 +452,6 @@ impl Tasks {
         let Self { presence, ops, redis, keys, heartbeat, ttl, batch } = self;
         let inner = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(follow(redis.clone(), presence.clone(), inner.clone()));
         tasks.spawn(flush_every(presence.clone(), batch, inner.clone()));
         tasks.spawn(store::sweep(redis.clone(), keys.owner.clone(), heartbeat, inner.clone()));
         tasks.close();
@@ -465,51 +473,36 @@ async fn flush_every(presence: Arc<Presence>, every: Duration, token: Cancellati
     }
 }
 
-/// Follows [`CHANNEL`] until `token`, subscribing again with backoff when
-/// the subscription breaks and catching every room up after each
-/// (re)subscription.
-async fn follow(redis: Redis, presence: Arc<Presence>, token: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut link = Link::new(redis.clone());
-    while !token.is_cancelled() {
-        match listen(&redis, &presence, &mut link, &token, &mut backoff).await {
-            Ok(()) => return,
-            Err(error) => tracing::warn!(%error, "presence subscription lost; resubscribing"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = token.cancelled() => return,
-        }
-    }
+/// The presence changes of every gateway, as [`CHANNEL`] carries them.
+#[derive(Debug)]
+pub struct Changes {
+    presence: Arc<Presence>,
+    /// For the catch-up after a (re)subscription.
+    link: tokio::sync::Mutex<Link>,
 }
 
-async fn listen(
-    redis: &Redis,
-    presence: &Presence,
-    link: &mut Link,
-    token: &CancellationToken,
-    backoff: &mut Backoff,
-) -> Result<(), redis::RedisError> {
-    let mut pubsub = redis.subscriber().await?;
-    pubsub.subscribe(CHANNEL).await?;
-    backoff.reset();
-    // Changes made before the subscription took effect were not heard.
-    let rooms = presence.rooms();
-    for (room, snapshot) in rooms.iter().zip(store::look_all(link, &rooms).await?) {
-        presence.catch_up(room, snapshot);
+impl Listener for Changes {
+    fn hears(&self, channel: &str) -> bool {
+        channel == CHANNEL
     }
-    let mut messages = pubsub.on_message();
-    loop {
-        let message = tokio::select! {
-            message = messages.next() => message,
-            () = token.cancelled() => return Ok(()),
-        };
-        let Some(message) = message else {
-            return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")));
-        };
-        if let Some(change) = message.get_payload::<String>().ok().as_deref().and_then(Change::parse) {
-            presence.announce(&change);
+
+    fn heard(&self, _: &str, payload: String) {
+        if let Some(change) = Change::parse(&payload) {
+            self.presence.announce(&change);
         }
+    }
+
+    /// Changes made while the subscription was down were not heard: every
+    /// room is caught up from Redis.
+    fn resubscribed(&self) -> BoxFuture<'_, Result<(), redis::RedisError>> {
+        Box::pin(async move {
+            let rooms = self.presence.rooms();
+            let snapshots = store::look_all(&mut *self.link.lock().await, &rooms).await?;
+            for (room, snapshot) in rooms.iter().zip(snapshots) {
+                self.presence.catch_up(room, snapshot);
+            }
+            Ok(())
+        })
     }
 }
 

@@ -13,24 +13,22 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use futures_util::StreamExt;
-use ops::backoff::Backoff;
-use redis::aio::PubSubSink;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{CloseReason, Mailbox};
-use crate::redis_client::Redis;
+use crate::subscriptions::{Listener, SubscribeError, Subscriptions};
 
 /// Frames posted to one stream and not yet acted on; a client that posts
 /// more without waiting for its answers is closed like a flooder.
 pub const INBOX_FRAMES: usize = 256;
 
+/// What every stream's channel starts with.
+const CHANNEL_PREFIX: &str = "warren:sse:";
+
 /// The channel of one stream.
 pub fn channel(user: &str, token: &str) -> String {
-    format!("warren:sse:{user}:{token}")
+    format!("{CHANNEL_PREFIX}{user}:{token}")
 }
 
 /// Why a stream could not be reached or registered.
@@ -47,20 +45,23 @@ pub enum RelayError {
     Reconnecting,
 }
 
-/// The streams this gateway holds, and its subscription to their channels.
-#[derive(Debug)]
-pub struct Relay {
-    redis: Redis,
-    pool: crate::redis_client::Pool,
-    inner: Mutex<Inner>,
+impl From<SubscribeError> for RelayError {
+    fn from(error: SubscribeError) -> Self {
+        match error {
+            SubscribeError::Redis(error) => Self::Redis(error),
+            SubscribeError::Reconnecting => Self::Reconnecting,
+        }
+    }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// The live subscription's command side; `None` while reconnecting.
-    sink: Option<PubSubSink>,
+/// The streams this gateway holds; their channels are subscribed to on
+/// the gateway's one subscription connection ([`Subscriptions`]).
+#[derive(Debug)]
+pub struct Relay {
+    subscriptions: Arc<Subscriptions>,
+    pool: crate::redis_client::Pool,
     /// Each stream's inbox and mailbox, by channel.
-    streams: HashMap<String, Open>,
+    streams: Mutex<HashMap<String, Open>>,
 }
 
 #[derive(Debug)]
@@ -115,13 +116,14 @@ impl Inbox {
 }
 
 impl Relay {
-    /// A relay that subscribes through `client` and publishes through `pool`.
-    pub fn new(redis: Redis, pool: crate::redis_client::Pool) -> Self {
-        Self { redis, pool, inner: Mutex::new(Inner::default()) }
+    /// A relay that subscribes through `subscriptions` (add it there as a
+    /// listener) and publishes through `pool`.
+    pub fn new(subscriptions: Arc<Subscriptions>, pool: crate::redis_client::Pool) -> Self {
+        Self { subscriptions, pool, streams: Mutex::default() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Open>> {
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Registers a stream and subscribes to its channel; the frames posted
@@ -131,18 +133,10 @@ impl Relay {
     /// When the subscription is down or Redis refuses it.
     pub async fn open(&self, channel: &str, mailbox: Mailbox) -> Result<Arc<Inbox>, RelayError> {
         let inbox = Arc::new(Inbox::default());
-        let sink = {
-            let mut inner = self.lock();
-            inner.streams.insert(channel.to_owned(), Open { inbox: inbox.clone(), mailbox });
-            inner.sink.clone()
-        };
-        let subscribed = match sink {
-            Some(mut sink) => sink.subscribe(channel).await.map_err(RelayError::from),
-            None => Err(RelayError::Reconnecting),
-        };
-        if let Err(error) = subscribed {
-            self.lock().streams.remove(channel);
-            return Err(error);
+        self.lock().insert(channel.to_owned(), Open { inbox: inbox.clone(), mailbox });
+        if let Err(error) = self.subscriptions.subscribe(channel).await {
+            self.lock().remove(channel);
+            return Err(error.into());
         }
         Ok(inbox)
     }
@@ -150,17 +144,8 @@ impl Relay {
     /// Forgets a stream and unsubscribes from its channel (in the
     /// background: a stream that ended waits for nothing).
     pub fn close(&self, channel: &str) {
-        let sink = {
-            let mut inner = self.lock();
-            inner.streams.remove(channel);
-            inner.sink.clone()
-        };
-        if let Some(mut sink) = sink {
-            let channel = channel.to_owned();
-            tokio::spawn(async move {
-                let _ = sink.unsubscribe(&channel).await;
-            });
-        }
+        self.lock().remove(channel);
+        self.subscriptions.unsubscribe(channel);
     }
 
     /// Posts a frame to a stream; `false` when no gateway holds it.
@@ -173,55 +158,23 @@ impl Relay {
         Ok(receivers > 0)
     }
 
-    /// Keeps the subscription up until `shutdown`: on every (re)connection it
-    /// subscribes to every stream's channel again, then hands each posted
-    /// frame to its stream.
-    pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        while !shutdown.is_cancelled() {
-            match self.listen(&shutdown, &mut backoff).await {
-                Ok(()) => return,
-                Err(error) => tracing::warn!(%error, "stream relay subscription lost; resubscribing"),
-            }
-            self.lock().sink = None;
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = shutdown.cancelled() => return,
-            }
-        }
-    }
-
-    async fn listen(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RelayError> {
-        let (mut sink, mut messages) = self.redis.subscriber().await?.split();
-        let channels: Vec<String> = {
-            let mut inner = self.lock();
-            inner.sink = Some(sink.clone());
-            inner.streams.keys().cloned().collect()
-        };
-        if !channels.is_empty() {
-            sink.subscribe(channels).await?;
-        }
-        backoff.reset();
-        loop {
-            let message = tokio::select! {
-                message = messages.next() => message,
-                () = shutdown.cancelled() => return Ok(()),
-            };
-            let Some(message) = message else {
-                return Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")).into());
-            };
-            let Ok(frame) = message.get_payload::<String>() else { continue };
-            self.deliver(message.get_channel_name(), frame);
-        }
-    }
-
     /// Hands a posted frame to its stream; a stream whose inbox is full is
     /// closed (its client posts without waiting for answers).
     fn deliver(&self, channel: &str, frame: String) {
-        let inner = self.lock();
-        let Some(open) = inner.streams.get(channel) else { return };
+        let streams = self.lock();
+        let Some(open) = streams.get(channel) else { return };
         if !open.inbox.push(frame) {
             open.mailbox.close(CloseReason::ABUSE);
         }
+    }
+}
+
+impl Listener for Relay {
+    fn hears(&self, channel: &str) -> bool {
+        channel.starts_with(CHANNEL_PREFIX)
+    }
+
+    fn heard(&self, channel: &str, payload: String) {
+        self.deliver(channel, payload);
     }
 }
