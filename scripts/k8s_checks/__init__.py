@@ -1,0 +1,1 @@
+"""The offline Kubernetes checks run by scripts/k8s_invariants.py, one module a job."""
