@@ -10,6 +10,7 @@ import sys
 
 def machine(argv):
     """Prints the machine's facts as JSON (argv: the start time)."""
+    import sys
     sys.argv = [sys.argv[0]] + argv
     import json, os, re, subprocess, sys
     def sh(*cmd):
@@ -34,6 +35,7 @@ def machine(argv):
 
 def render(argv):
     """Writes the report (argv: dir, out, machine JSON, the command's args, pair-only)."""
+    import sys
     sys.argv = [sys.argv[0]] + argv
     import json, os, sys
     dir_, out, machine, args, pair_only = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
