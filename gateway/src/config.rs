@@ -53,6 +53,18 @@ pub struct Config {
     #[arg(long = "redis-sentinel", env = "GATEWAY_REDIS_SENTINELS", value_delimiter = ',')]
     pub redis_sentinels: Vec<String>,
 
+    /// Redis Cluster nodes (`host:port`, comma-separated; a few are enough:
+    /// the others are learnt from them) to use a cluster instead of one
+    /// node. The Redis URL still gives the scheme (`rediss://`: TLS, to
+    /// every node) and the credentials; its host is not used.
+    #[arg(
+        long = "redis-cluster",
+        env = "GATEWAY_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinels"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
+
     /// The master's name in the sentinels' configuration.
     #[arg(long, env = "GATEWAY_REDIS_SENTINEL_MASTER", default_value = "mymaster")]
     pub redis_sentinel_master: String,
@@ -262,13 +274,18 @@ impl Config {
         Ok(config)
     }
 
-    /// Where Redis is: the URL's node, or the master the sentinels name.
+    /// Where Redis is: the URL's node, the master the sentinels name, or a
+    /// cluster.
     pub fn redis_target(&self) -> crate::redis_client::Target {
-        crate::redis_client::Target {
-            url: self.redis_url.clone(),
-            sentinels: self.redis_sentinels.clone(),
-            master: self.redis_sentinel_master.clone(),
-        }
+        use crate::redis_client::Topology;
+        let topology = if !self.redis_cluster_nodes.is_empty() {
+            Topology::Cluster { nodes: self.redis_cluster_nodes.clone() }
+        } else if !self.redis_sentinels.is_empty() {
+            Topology::Sentinel { sentinels: self.redis_sentinels.clone(), master: self.redis_sentinel_master.clone() }
+        } else {
+            Topology::Node
+        };
+        crate::redis_client::Target { url: self.redis_url.clone(), topology }
     }
 
     /// The TLS files for Redis (used when its URL is `rediss://`).
@@ -396,6 +413,24 @@ mod tests {
         assert!(ttl.validate().is_err(), "a TTL under two heartbeats");
         let batch = Config::try_parse_from(["warren-gateway", "--presence-batch", "0s"]).expect("parses");
         assert!(batch.validate().is_err(), "a batch interval of zero would spin");
+    }
+
+    #[test]
+    fn redis_is_a_node_a_sentinel_master_or_a_cluster() {
+        use crate::redis_client::Topology;
+        let node = Config::try_parse_from(["warren-gateway"]).expect("parses");
+        assert_eq!(node.redis_target().topology, Topology::Node);
+        let sentinel = Config::try_parse_from(["warren-gateway", "--redis-sentinel", "s1:26379,s2:26379"])
+            .expect("parses")
+            .redis_target();
+        assert!(matches!(sentinel.topology, Topology::Sentinel { sentinels, master }
+            if sentinels.len() == 2 && master == "mymaster"));
+        let cluster = Config::try_parse_from(["warren-gateway", "--redis-cluster", "n1:6379,n2:6379,n3:6379"])
+            .expect("parses")
+            .redis_target();
+        assert!(matches!(cluster.topology, Topology::Cluster { nodes } if nodes.len() == 3));
+        let both = ["warren-gateway", "--redis-cluster", "n1:6379", "--redis-sentinel", "s1:26379"];
+        assert!(Config::try_parse_from(both).is_err(), "a cluster is not behind sentinels");
     }
 
     const ONE_REDIS: &str = r#"{"p.redis": [{"name": "sessions", "label": "p.redis", "tags": ["redis"],

@@ -10,7 +10,7 @@
 //! - [`api`]: the server API for backends: post, history, presence, disconnect.
 //! - [`pages`]: the embedded login and chat pages.
 //! - [`session`]: sessions in Redis and signed cookies.
-//! - [`redis_client`]: the one way to Redis (a node or a Sentinel-named master, TLS) they all use.
+//! - [`redis_client`]: the one way to Redis (a node, a Sentinel-named master or a cluster; TLS) they all use.
 //! - [`subscriptions`]: the one pub/sub connection: logouts, presence changes, stream posts.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
 //! - [`conn`]: one client's frames acted on, whatever carries them.

@@ -1,7 +1,7 @@
 //! The one place the gateway's Redis connections are made. Sessions (through
 //! a pool), presence, the logout subscription and the event-stream relay all
-//! connect through a [`Redis`]: one address or one Sentinel-named master, one
-//! set of TLS settings.
+//! connect through a [`Redis`]: one address, one Sentinel-named master or one
+//! Redis Cluster ([`Topology`]), one set of TLS settings.
 //!
 //! A `rediss://` URL is reached over TLS (rustls with ring). redis-rs
 //! replaces the system's roots with the ones it is given, so it is given the
@@ -19,7 +19,17 @@
 //! connection lingers on a node that turned replica. The pool is deadpool's
 //! with a manager of its own ([`Manager`]) rather than deadpool-redis': that
 //! crate's managers are each bound to one kind of address (a URL, or
-//! Sentinel without a private CA), and the gateway wants one path for both.
+//! Sentinel without a private CA), and the gateway wants one path for all.
+//!
+//! **Cluster.** With `--redis-cluster` the nodes given are only where the
+//! slot map is first read: redis-rs keeps a connection to every master,
+//! sends each command to the one that owns its key's slot and follows the
+//! map when slots move or a replica is promoted. The gateway's keys are laid
+//! out for it (docs/operations.md#redis-cluster): no command and no pipeline
+//! spans two slots except the multi-key reads and deletes redis-rs splits
+//! itself (`MGET`, `DEL`); presence's keys share one hash tag, so each of its
+//! scripts runs on one node. A cluster connection is multiplexed and heals
+//! itself, so the pool hands out clones of one ([`Connection::Cluster`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,15 +37,20 @@ use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use platform::tls::{Files, Tls};
-use redis::aio::{MultiplexedConnection, PubSub};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, ClientTlsConfig, ConnectionAddr, RedisError, RedisResult, TlsCertificates, TlsMode,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, PushInfo, RedisError,
+    RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
 };
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::error::RunError;
 
-/// A pool of multiplexed connections to the master.
+/// A pool of multiplexed connections to the master (or of clones of the
+/// one cluster connection).
 pub type Pool = managed::Pool<Manager>;
 /// A connection from the [`Pool`].
 pub type PooledConnection = managed::Object<Manager>;
@@ -44,24 +59,35 @@ pub type PoolError = managed::PoolError<RedisError>;
 
 /// How long asking the sentinels for the master may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to a cluster node, or one of its answers, may take.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the gateway's Redis is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Target {
-    /// The URL: the node itself, or with sentinels the scheme (`rediss://`
-    /// for TLS, to the sentinels too), the credentials (the sentinels' too)
-    /// and the database; its host is not used then.
+    /// The URL: the node itself, or with sentinels or a cluster the scheme
+    /// (`rediss://` for TLS, to every node), the credentials and (not for a
+    /// cluster) the database; its host is not used then.
     pub url: String,
-    /// Sentinel nodes, `host:port`; none for a plain node.
-    pub sentinels: Vec<String>,
-    /// The master's name in the sentinels' configuration.
-    pub master: String,
+    /// What kind of deployment the URL is part of.
+    pub topology: Topology,
+}
+
+/// The shapes of Redis deployment the gateway runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One node: the URL's.
+    Node,
+    /// A master that `sentinels` (`host:port`) name `master`.
+    Sentinel { sentinels: Vec<String>, master: String },
+    /// A Redis Cluster, first reached through `nodes` (`host:port`).
+    Cluster { nodes: Vec<String> },
 }
 
 impl Target {
     /// One Redis node at `url`.
     pub fn node(url: &str) -> Self {
-        Self { url: url.to_owned(), ..Self::default() }
+        Self { url: url.to_owned(), topology: Topology::Node }
     }
 }
 
@@ -69,9 +95,34 @@ impl Target {
 #[derive(Clone)]
 pub struct Redis(Arc<Route>);
 
+#[allow(clippy::large_enum_variant, reason = "one per gateway, behind an Arc")]
 enum Route {
     Node(redis::Client),
-    Sentinel { client: tokio::sync::Mutex<SentinelClient>, master: String },
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        master: String,
+    },
+    Cluster {
+        client: ClusterClient,
+        /// How `client` was made, to make subscribers alike (but speaking
+        /// RESP3: cluster pub/sub arrives as pushes).
+        seeds: Seeds,
+        /// The one connection the pool hands out.
+        shared: OnceCell<ClusterConnection>,
+    },
+}
+
+/// Where a cluster is first reached, and how.
+struct Seeds {
+    url: String,
+    nodes: Vec<String>,
+    certificates: Option<TlsCertificates>,
+}
+
+impl Seeds {
+    fn builder(&self) -> Result<ClusterClientBuilder, RunError> {
+        cluster_builder(&self.url, &self.nodes, self.certificates.clone())
+    }
 }
 
 impl std::fmt::Debug for Redis {
@@ -79,7 +130,73 @@ impl std::fmt::Debug for Redis {
         match &*self.0 {
             Route::Node(client) => f.debug_tuple("Redis").field(client.get_connection_info().addr()).finish(),
             Route::Sentinel { master, .. } => f.debug_struct("Redis").field("sentinel_master", master).finish(),
+            Route::Cluster { .. } => f.write_str("Redis(cluster)"),
         }
+    }
+}
+
+/// A connection to the gateway's Redis: to one node, or to a cluster (which
+/// routes each command to the node that owns its key).
+#[derive(Clone)]
+pub enum Connection {
+    /// A node's (the master's, with Sentinel).
+    Node(MultiplexedConnection),
+    /// A cluster's.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Node(_) => "Connection::Node",
+            Self::Cluster(_) => "Connection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// A subscriber connection: a node's dedicated pub/sub connection, or a
+/// cluster connection whose messages (and disconnections) arrive as pushes.
+pub enum Subscriber {
+    /// A node's.
+    Node(PubSub),
+    /// A cluster's, with the receiving end of its pushes.
+    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Node(_) => "Subscriber::Node",
+            Self::Cluster(..) => "Subscriber::Cluster",
+        })
     }
 }
 
@@ -104,25 +221,43 @@ impl Redis {
             None => {}
         }
         let certificates = tls.as_ref().map(certificates);
-        if target.sentinels.is_empty() {
-            let client = match certificates {
+        let route = match &target.topology {
+            Topology::Node => Route::Node(match certificates {
                 Some(certificates) => redis::Client::build_with_tls(target.url.as_str(), certificates)?,
                 None => redis::Client::open(target.url.as_str())?,
-            };
-            return Ok(Self(Arc::new(Route::Node(client))));
-        }
-        let client = sentinel_client(target, certificates)?;
-        tracing::info!(sentinels = target.sentinels.len(), master = %target.master, "Redis through Sentinel");
-        Ok(Self(Arc::new(Route::Sentinel { client: tokio::sync::Mutex::new(client), master: target.master.clone() })))
+            }),
+            Topology::Sentinel { sentinels, master } => {
+                let client = sentinel_client(&target.url, sentinels, master, certificates)?;
+                tracing::info!(sentinels = sentinels.len(), %master, "Redis through Sentinel");
+                Route::Sentinel { client: tokio::sync::Mutex::new(client), master: master.clone() }
+            }
+            Topology::Cluster { nodes } => {
+                let seeds = Seeds { url: target.url.clone(), nodes: nodes.clone(), certificates };
+                tracing::info!(seeds = nodes.len(), "Redis Cluster");
+                Route::Cluster { client: seeds.builder()?.build()?, seeds, shared: OnceCell::new() }
+            }
+        };
+        Ok(Self(Arc::new(route)))
     }
 
-    /// A client for the master as of now.
+    /// Whether Redis is a cluster: a channel that must reach exactly the
+    /// gateways subscribed to it, and count them, is then a sharded one
+    /// (`SPUBLISH`; a plain `PUBLISH` counts only the subscribers of the
+    /// node that runs it).
+    pub fn is_cluster(&self) -> bool {
+        matches!(&*self.0, Route::Cluster { .. })
+    }
+
+    /// A client for the master as of now (not for a cluster).
     ///
     /// # Errors
     /// When no sentinel answers, or none names a node that is master.
-    pub async fn client(&self) -> RedisResult<redis::Client> {
+    async fn client(&self) -> RedisResult<redis::Client> {
         match &*self.0 {
             Route::Node(client) => Ok(client.clone()),
+            Route::Cluster { .. } => {
+                Err(RedisError::from((redis::ErrorKind::InvalidClientConfig, "a cluster has no single master")))
+            }
             Route::Sentinel { client, master } => {
                 // Boxed: the lookup's future is deep, and every caller's
                 // future (a request's, through the pool) would nest it.
@@ -134,20 +269,47 @@ impl Redis {
         }
     }
 
-    /// A new multiplexed connection to the master.
+    /// A new multiplexed connection to the master, or a new cluster
+    /// connection (with the cluster's own timeouts).
     ///
     /// # Errors
-    /// As [`Self::client`], or when the master does not answer.
-    pub async fn connect(&self, config: &AsyncConnectionConfig) -> RedisResult<MultiplexedConnection> {
-        self.client().await?.get_multiplexed_async_connection_with_config(config).await
+    /// When no sentinel answers or none names a master, or when the master
+    /// (no node of the cluster) answers.
+    pub async fn connect(&self, config: &AsyncConnectionConfig) -> RedisResult<Connection> {
+        match &*self.0 {
+            Route::Cluster { client, .. } => Ok(Connection::Cluster(client.get_async_connection().await?)),
+            _ => Ok(Connection::Node(self.client().await?.get_multiplexed_async_connection_with_config(config).await?)),
+        }
     }
 
-    /// A new subscriber connection to the master.
+    /// The connection the pool hands out: a new one to the master, or a
+    /// clone of the one cluster connection.
+    async fn pooled(&self) -> RedisResult<Connection> {
+        match &*self.0 {
+            Route::Cluster { client, shared, .. } => {
+                let connection = shared.get_or_try_init(|| client.get_async_connection()).await?;
+                Ok(Connection::Cluster(connection.clone()))
+            }
+            _ => Ok(Connection::Node(self.client().await?.get_multiplexed_async_connection().await?)),
+        }
+    }
+
+    /// A new subscriber connection.
     ///
     /// # Errors
     /// As [`Self::connect`].
-    pub async fn subscriber(&self) -> RedisResult<PubSub> {
-        self.client().await?.get_async_pubsub().await
+    pub async fn subscriber(&self) -> RedisResult<Subscriber> {
+        match &*self.0 {
+            Route::Cluster { seeds, .. } => {
+                let (pushes, received) = mpsc::unbounded_channel();
+                let builder = seeds.builder().map_err(|error| {
+                    RedisError::from((redis::ErrorKind::InvalidClientConfig, "cluster seeds", error.to_string()))
+                })?;
+                let client = builder.use_protocol(redis::ProtocolVersion::RESP3).push_sender(pushes).build()?;
+                Ok(Subscriber::Cluster(client.get_async_connection().await?, received))
+            }
+            _ => Ok(Subscriber::Node(self.client().await?.get_async_pubsub().await?)),
+        }
     }
 
     /// A connection pool on this way to Redis.
@@ -168,30 +330,36 @@ pub struct Manager {
 }
 
 impl managed::Manager for Manager {
-    type Type = MultiplexedConnection;
+    type Type = Connection;
     type Error = RedisError;
 
-    async fn create(&self) -> RedisResult<MultiplexedConnection> {
-        self.redis.client().await?.get_multiplexed_async_connection().await
+    async fn create(&self) -> RedisResult<Connection> {
+        self.redis.pooled().await
     }
 
     /// A connection goes back into use only if it still answers: one that
     /// broke with its node is dropped, and the next is made on the master.
-    async fn recycle(&self, connection: &mut MultiplexedConnection, _: &Metrics) -> RecycleResult<RedisError> {
+    /// (A cluster's answers when every master does, and mends itself.)
+    async fn recycle(&self, connection: &mut Connection, _: &Metrics) -> RecycleResult<RedisError> {
         let token = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
         let echoed: String = redis::cmd("PING").arg(&token).query_async(connection).await?;
         if echoed == token { Ok(()) } else { Err(RecycleError::message("PING answered with another value")) }
     }
 }
 
-/// A client that asks the sentinels of `target` for its master.
-fn sentinel_client(target: &Target, certificates: Option<TlsCertificates>) -> Result<SentinelClient, RunError> {
-    let info = redis::IntoConnectionInfo::into_connection_info(target.url.as_str())?;
+/// A client that asks `sentinels` for the master named `master`, with the
+/// scheme and credentials of `url`.
+fn sentinel_client(
+    url: &str,
+    sentinels: &[String],
+    master: &str,
+    certificates: Option<TlsCertificates>,
+) -> Result<SentinelClient, RunError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-    let sentinels =
-        target.sentinels.iter().map(|address| sentinel_addr(address, tls)).collect::<Result<Vec<_>, _>>()?;
+    let sentinels = sentinels.iter().map(|address| node_addr(address, tls)).collect::<Result<Vec<_>, _>>()?;
     let settings = info.redis_settings();
-    let mut builder = SentinelClientBuilder::new(sentinels, &target.master, SentinelServerType::Master)?
+    let mut builder = SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
         .set_client_to_redis_db(settings.db());
     if let Some(username) = settings.username() {
         builder = builder.set_client_to_redis_username(username).set_client_to_sentinel_username(username);
@@ -209,13 +377,38 @@ fn sentinel_client(target: &Target, certificates: Option<TlsCertificates>) -> Re
     Ok(builder.build()?)
 }
 
-/// `host:port` of a sentinel, reached over TLS when the master is.
-fn sentinel_addr(address: &str, tls: bool) -> Result<ConnectionAddr, RunError> {
+/// A cluster client first reaching `nodes`, with the scheme and
+/// credentials of `url` (a cluster has only database 0).
+fn cluster_builder(
+    url: &str,
+    nodes: &[String],
+    certificates: Option<TlsCertificates>,
+) -> Result<ClusterClientBuilder, RunError> {
+    let info: ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)?;
+    if info.redis_settings().db() != 0 {
+        return Err(RunError::Config("a Redis Cluster has only database 0: drop it from the Redis URL".to_owned()));
+    }
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let seeds = nodes
+        .iter()
+        .map(|address| Ok(info.clone().set_addr(node_addr(address, tls)?)))
+        .collect::<Result<Vec<_>, RunError>>()?;
+    let mut builder =
+        ClusterClientBuilder::new(seeds).connection_timeout(CLUSTER_TIMEOUT).response_timeout(CLUSTER_TIMEOUT);
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates);
+    }
+    Ok(builder)
+}
+
+/// `host:port` of a sentinel or cluster node, reached over TLS when the URL
+/// says so.
+fn node_addr(address: &str, tls: bool) -> Result<ConnectionAddr, RunError> {
     let (host, port) = address
         .rsplit_once(':')
         .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse::<u16>().ok()?)))
         .filter(|(host, _)| !host.is_empty())
-        .ok_or_else(|| RunError::Config(format!("--redis-sentinel {address:?} is not host:port")))?;
+        .ok_or_else(|| RunError::Config(format!("Redis node {address:?} is not host:port")))?;
     let host = host.to_owned();
     Ok(if tls {
         ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }
@@ -239,7 +432,7 @@ mod tests {
     fn addr_of(redis: &Redis) -> ConnectionAddr {
         match &*redis.0 {
             Route::Node(client) => client.get_connection_info().addr().clone(),
-            Route::Sentinel { .. } => panic!("a node was expected"),
+            _ => panic!("a node was expected"),
         }
     }
 
@@ -266,21 +459,37 @@ mod tests {
     }
 
     #[test]
-    fn sentinels_are_host_and_port_and_follow_the_urls_scheme() {
-        assert_eq!(sentinel_addr("10.0.0.1:26379", false).ok(), Some(ConnectionAddr::Tcp("10.0.0.1".into(), 26379)));
-        assert_eq!(sentinel_addr("[::1]:26379", false).ok(), Some(ConnectionAddr::Tcp("::1".into(), 26379)));
-        assert!(matches!(sentinel_addr("s1:26380", true), Ok(ConnectionAddr::TcpTls { port: 26380, .. })));
+    fn nodes_are_host_and_port_and_follow_the_urls_scheme() {
+        assert_eq!(node_addr("10.0.0.1:26379", false).ok(), Some(ConnectionAddr::Tcp("10.0.0.1".into(), 26379)));
+        assert_eq!(node_addr("[::1]:26379", false).ok(), Some(ConnectionAddr::Tcp("::1".into(), 26379)));
+        assert!(matches!(node_addr("s1:26380", true), Ok(ConnectionAddr::TcpTls { port: 26380, .. })));
         for bad in ["s1", "s1:", ":26379", "s1:port"] {
-            let error = sentinel_addr(bad, false).expect_err(bad).to_string();
+            let error = node_addr(bad, false).expect_err(bad).to_string();
             assert!(error.contains("is not host:port"), "{bad}: {error}");
         }
         let target = Target {
             url: "redis://:secret@ignored:6379/2".to_owned(),
-            sentinels: vec!["127.0.0.1:26379".to_owned(), "127.0.0.1:26380".to_owned()],
-            master: "mymaster".to_owned(),
+            topology: Topology::Sentinel {
+                sentinels: vec!["127.0.0.1:26379".to_owned(), "127.0.0.1:26380".to_owned()],
+                master: "mymaster".to_owned(),
+            },
         };
         let redis = Redis::open(&target, &Files::default()).expect("sentinels");
         assert!(format!("{redis:?}").contains("mymaster"));
         assert!(!format!("{redis:?}").contains("secret"), "no password in Debug");
+    }
+
+    #[test]
+    fn a_cluster_takes_its_scheme_from_the_url_and_has_no_database() {
+        let nodes = vec!["127.0.0.1:7000".to_owned(), "127.0.0.1:7001".to_owned()];
+        let cluster = |url: &str| Target { url: url.to_owned(), topology: Topology::Cluster { nodes: nodes.clone() } };
+        let redis = Redis::open(&cluster("redis://:secret@ignored:6379"), &Files::default()).expect("a cluster");
+        assert!(redis.is_cluster());
+        assert!(!format!("{redis:?}").contains("secret"), "no password in Debug");
+        assert!(Redis::open(&cluster("rediss://ignored:6380"), &Files::default()).is_ok());
+        let error = Redis::open(&cluster("redis://ignored:6379/3"), &Files::default()).expect_err("database 3");
+        assert!(error.to_string().contains("only database 0"), "{error}");
+        let node = Redis::open(&Target::node("redis://127.0.0.1:6379"), &Files::default()).expect("a node");
+        assert!(!node.is_cluster());
     }
 }

@@ -287,18 +287,11 @@ impl SessionStore {
         // lifetime.
         let until = unix_millis(SystemTime::now()) + REGENERATE_GRACE.as_millis() as u64;
         timed("expire", async {
-            let mut redis = self.pool.get().await?;
-            let _: () = redis::pipe()
-                .expire(old.id.key(), grace)
-                .ignore()
-                .cmd("ZADD")
-                .arg(user_index_key(&old.user))
-                .arg("XX")
-                .arg(until)
-                .arg(&old.id.0)
-                .ignore()
-                .query_async(&mut *redis)
-                .await?;
+            let redis = self.pool.get().await?;
+            let (mut first, mut second) = ((*redis).clone(), (*redis).clone());
+            let expire = redis::cmd("EXPIRE").arg(old.id.key()).arg(grace).clone();
+            let index = redis::cmd("ZADD").arg(user_index_key(&old.user)).arg("XX").arg(until).arg(&old.id.0).clone();
+            tokio::try_join!(expire.exec_async(&mut first), index.exec_async(&mut second))?;
             Ok(())
         })
         .await?;
@@ -313,12 +306,10 @@ impl SessionStore {
     pub async fn log_out(&self, session: &Session) -> Result<(), SessionError> {
         timed("logout", async {
             let mut redis = self.pool.get().await?;
-            let _: () = redis::pipe()
-                .del(session.id.key())
-                .del(session.login.key())
-                .publish(LOGOUT_CHANNEL, session.login.as_str())
-                .query_async(&mut *redis)
-                .await?;
+            // Deleted before it is announced: a gateway that hears it and
+            // asks finds the login gone.
+            let _: u64 = redis.del(&[session.id.key(), session.login.key()]).await?;
+            let _: u64 = redis.publish(LOGOUT_CHANNEL, session.login.as_str()).await?;
             Ok(())
         })
         .await
@@ -334,11 +325,11 @@ impl SessionStore {
         }
         timed("exists", async {
             let mut redis = self.pool.get().await?;
-            let mut pipe = redis::pipe();
-            for login in logins {
-                pipe.exists(login.key());
-            }
-            Ok(pipe.query_async(&mut *redis).await?)
+            // One MGET rather than an EXISTS each: redis-rs splits it by
+            // slot on a cluster, where a pipeline must keep to one.
+            let keys: Vec<String> = logins.iter().map(LoginId::key).collect();
+            let found: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut *redis).await?;
+            Ok(found.iter().map(Option::is_some).collect())
         })
         .await
     }
@@ -380,15 +371,22 @@ impl SessionStore {
         let index = user_index_key(&session.user);
         let now = unix_millis(SystemTime::now());
         timed("set", async {
-            let mut redis = self.pool.get().await?;
-            let _: () = redis::pipe()
-                .set_ex(session.id.key(), json, ttl)
-                .set_ex(session.login.key(), 1, ttl)
+            let redis = self.pool.get().await?;
+            // A pipeline per key, sent together: on a cluster each key may
+            // live on another node.
+            let (mut record, mut login, mut user) = ((*redis).clone(), (*redis).clone(), (*redis).clone());
+            let set_record = redis::pipe().set_ex(session.id.key(), json, ttl).clone();
+            let set_login = redis::pipe().set_ex(session.login.key(), 1, ttl).clone();
+            let index_session = redis::pipe()
                 .zadd(&index, &session.id.0, now + ttl * 1000)
                 .zrembyscore(&index, "-inf", now)
                 .expire(&index, i64::try_from(ttl).unwrap_or(i64::MAX))
-                .query_async(&mut *redis)
-                .await?;
+                .clone();
+            tokio::try_join!(
+                set_record.exec_async(&mut record),
+                set_login.exec_async(&mut login),
+                index_session.exec_async(&mut user)
+            )?;
             Ok(())
         })
         .await
@@ -419,15 +417,18 @@ impl SessionStore {
                 .filter_map(|json| serde_json::from_str::<Record>(json).ok()?.login)
                 .map(|login| LoginId(login.into()))
                 .collect();
-            let mut pipe = redis::pipe();
-            pipe.del(&index).ignore();
-            for key in &keys {
-                pipe.del(key).ignore();
-            }
+            // One DEL (split by slot on a cluster), then the announcements.
+            let mut doomed = keys;
+            doomed.push(index.clone());
+            doomed.extend(logins.iter().map(LoginId::key));
+            let _: u64 = redis.del(&doomed).await?;
+            let mut announcements = redis::pipe();
             for login in &logins {
-                pipe.del(login.key()).ignore().publish(LOGOUT_CHANNEL, login.as_str()).ignore();
+                announcements.publish(LOGOUT_CHANNEL, login.as_str()).ignore();
             }
-            let _: () = pipe.query_async(&mut *redis).await?;
+            if !logins.is_empty() {
+                announcements.exec_async(&mut *redis).await?;
+            }
             Ok(logins.len())
         })
         .await

@@ -7,19 +7,30 @@
 //! of the moment: see [`Redis`]), every channel is subscribed again, and
 //! each listener is told ([`Listener::resubscribed`]) before any message, so
 //! that it can catch up on what it missed meanwhile.
+//!
+//! Two reaches of channel ([`Reach`]): the fixed channels every gateway
+//! hears, and the channels of one subscriber (an event stream's), which on
+//! a Redis Cluster are sharded: `SSUBSCRIBE`d on the node that owns the
+//! channel's slot, and published to with `SPUBLISH`, whose count of
+//! receivers is then the whole cluster's (a plain `PUBLISH` counts only the
+//! subscribers of the node that runs it). On one node both are plain
+//! channels. On a cluster the connection is redis-rs' cluster connection,
+//! which would resubscribe by itself after losing a node; any lost node
+//! is treated as a broken connection instead, so that the listeners catch up.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use ops::backoff::Backoff;
-use redis::RedisError;
 use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushKind, RedisError, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_client::Redis;
+use crate::redis_client::{Redis, Subscriber};
 
 /// One kind of message the gateway hears.
 pub trait Listener: Send + Sync + std::fmt::Debug {
@@ -48,6 +59,57 @@ pub enum SubscribeError {
     Reconnecting,
 }
 
+/// Who hears a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Every gateway (a fixed channel: logouts, presence).
+    Everyone,
+    /// The one gateway that subscribed (an event stream's channel): sharded
+    /// on a cluster.
+    One,
+}
+
+/// The command side of the live connection.
+#[derive(Clone)]
+enum Sink {
+    Node(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Node(_) => "Sink::Node",
+            Self::Cluster(_) => "Sink::Cluster",
+        })
+    }
+}
+
+impl Sink {
+    async fn subscribe(&mut self, channels: &[&str], reach: Reach) -> Result<(), RedisError> {
+        match (self, reach) {
+            (Self::Node(sink), _) => sink.subscribe(channels).await,
+            (Self::Cluster(connection), Reach::Everyone) => connection.subscribe(channels).await,
+            (Self::Cluster(connection), Reach::One) => {
+                // One at a time: redis-rs sends a sharded subscription to
+                // the node of its first channel's slot.
+                for channel in channels {
+                    connection.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str, reach: Reach) -> Result<(), RedisError> {
+        match (self, reach) {
+            (Self::Node(sink), _) => sink.unsubscribe(channel).await,
+            (Self::Cluster(connection), Reach::Everyone) => connection.unsubscribe(channel).await,
+            (Self::Cluster(connection), Reach::One) => connection.sunsubscribe(channel).await,
+        }
+    }
+}
+
 /// The connection, its channels and its listeners.
 #[derive(Debug)]
 pub struct Subscriptions {
@@ -58,9 +120,9 @@ pub struct Subscriptions {
 #[derive(Debug, Default)]
 struct Inner {
     /// The live connection's command side; `None` while reconnecting.
-    sink: Option<PubSubSink>,
+    sink: Option<Sink>,
     /// Every channel to be subscribed to, fixed and of the moment.
-    channels: HashSet<String>,
+    channels: HashMap<String, Reach>,
     listeners: Vec<Arc<dyn Listener>>,
 }
 
@@ -78,12 +140,13 @@ impl Subscriptions {
     /// gateway runs (more can come and go with [`Self::subscribe`]).
     pub fn add(&self, listener: Arc<dyn Listener>, channels: &[&str]) {
         let mut inner = self.lock();
-        inner.channels.extend(channels.iter().map(|&channel| channel.to_owned()));
+        inner.channels.extend(channels.iter().map(|&channel| (channel.to_owned(), Reach::Everyone)));
         inner.listeners.push(listener);
     }
 
-    /// Subscribes to `channel` now, and again after every reconnection until
-    /// [`Self::unsubscribe`].
+    /// Subscribes this gateway alone to `channel` now, and again after every
+    /// reconnection until [`Self::unsubscribe`]; post to it with
+    /// [`Self::publish_to_one`].
     ///
     /// # Errors
     /// When the connection is down or Redis refuses; the channel is not
@@ -92,11 +155,11 @@ impl Subscriptions {
         let sink = {
             let mut inner = self.lock();
             // Kept before it is sent: a reconnection meanwhile subscribes it.
-            inner.channels.insert(channel.to_owned());
+            inner.channels.insert(channel.to_owned(), Reach::One);
             inner.sink.clone()
         };
         let subscribed = match sink {
-            Some(mut sink) => sink.subscribe(channel).await.map_err(SubscribeError::from),
+            Some(mut sink) => sink.subscribe(&[channel], Reach::One).await.map_err(SubscribeError::from),
             None => Err(SubscribeError::Reconnecting),
         };
         if subscribed.is_err() {
@@ -107,17 +170,25 @@ impl Subscriptions {
 
     /// Forgets `channel` (unsubscribing in the background: nothing waits).
     pub fn unsubscribe(&self, channel: &str) {
-        let sink = {
+        let (sink, reach) = {
             let mut inner = self.lock();
-            inner.channels.remove(channel);
-            inner.sink.clone()
+            let reach = inner.channels.remove(channel);
+            (inner.sink.clone(), reach)
         };
-        if let Some(mut sink) = sink {
+        if let (Some(mut sink), Some(reach)) = (sink, reach) {
             let channel = channel.to_owned();
             tokio::spawn(async move {
-                let _ = sink.unsubscribe(&channel).await;
+                let _ = sink.unsubscribe(&channel, reach).await;
             });
         }
+    }
+
+    /// The command that posts `payload` to a channel of
+    /// [`Self::subscribe`]; it answers how many gateways received it.
+    pub fn publish_to_one(&self, channel: &str, payload: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(if self.redis.is_cluster() { "SPUBLISH" } else { "PUBLISH" });
+        cmd.arg(channel).arg(payload);
+        cmd
     }
 
     /// Keeps the connection up until `shutdown`, handing each message to its
@@ -139,32 +210,80 @@ impl Subscriptions {
     }
 
     async fn listen(&self, shutdown: &CancellationToken, backoff: &mut Backoff) -> Result<(), RedisError> {
-        let (mut sink, mut messages) = self.redis.subscriber().await?.split();
+        let (mut sink, mut messages) = match self.redis.subscriber().await? {
+            Subscriber::Node(pubsub) => {
+                let (sink, stream) = pubsub.split();
+                let messages = stream.map(|message| {
+                    let payload = message.get_payload::<String>().ok();
+                    Heard::Message(message.get_channel_name().to_owned(), payload)
+                });
+                (Sink::Node(sink), messages.boxed())
+            }
+            Subscriber::Cluster(connection, pushes) => {
+                let heard = tokio_stream::wrappers::UnboundedReceiverStream::new(pushes).map(heard_push);
+                (Sink::Cluster(connection), heard.boxed())
+            }
+        };
         let (channels, listeners) = {
             let mut inner = self.lock();
             inner.sink = Some(sink.clone());
-            (inner.channels.iter().cloned().collect::<Vec<_>>(), inner.listeners.clone())
+            (inner.channels.clone(), inner.listeners.clone())
         };
-        if !channels.is_empty() {
-            sink.subscribe(channels).await?;
+        for reach in [Reach::Everyone, Reach::One] {
+            let of_reach: Vec<&str> =
+                channels.iter().filter(|(_, r)| **r == reach).map(|(channel, _)| channel.as_str()).collect();
+            if !of_reach.is_empty() {
+                sink.subscribe(&of_reach, reach).await?;
+            }
         }
         for listener in &listeners {
             listener.resubscribed().await?;
         }
         backoff.reset();
         loop {
-            let message = tokio::select! {
-                message = messages.next() => message,
+            let heard = tokio::select! {
+                heard = messages.next() => heard,
                 () = shutdown.cancelled() => return Ok(()),
             };
-            let Some(message) = message else {
-                return Err(RedisError::from((redis::ErrorKind::Io, "subscription ended")));
+            let (channel, payload) = match heard {
+                Some(Heard::Message(channel, payload)) => (channel, payload),
+                Some(Heard::Other) => continue,
+                Some(Heard::Lost) | None => {
+                    return Err(RedisError::from((redis::ErrorKind::Io, "subscription ended")));
+                }
             };
-            let channel = message.get_channel_name();
-            let Some(listener) = listeners.iter().find(|listener| listener.hears(channel)) else { continue };
-            if let Ok(payload) = message.get_payload::<String>() {
-                listener.heard(channel, payload);
+            let Some(listener) = listeners.iter().find(|listener| listener.hears(&channel)) else { continue };
+            if let Some(payload) = payload {
+                listener.heard(&channel, payload);
             }
         }
+    }
+}
+
+/// What the connection delivered.
+enum Heard {
+    /// A message: its channel and its payload (`None` when not text).
+    Message(String, Option<String>),
+    /// A connection to a node was lost: messages may have been missed.
+    Lost,
+    /// Anything else (a subscription's confirmation).
+    Other,
+}
+
+/// A cluster connection's push, as [`Heard`].
+fn heard_push(push: redis::PushInfo) -> Heard {
+    match push.kind {
+        PushKind::Message | PushKind::SMessage => {
+            let mut data = push.data.into_iter();
+            match (data.next(), data.next()) {
+                (Some(channel), Some(payload)) => {
+                    let text = |value: Value| redis::from_redis_value::<String>(value).ok();
+                    text(channel).map_or(Heard::Other, |channel| Heard::Message(channel, text(payload)))
+                }
+                _ => Heard::Other,
+            }
+        }
+        PushKind::Disconnection => Heard::Lost,
+        _ => Heard::Other,
     }
 }

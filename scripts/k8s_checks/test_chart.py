@@ -341,6 +341,21 @@ def tls_files_are_mounted_only_from_a_named_secret():
 
 
 @test
+def redis_is_a_node_sentinels_or_a_cluster():
+    """redis.sentinel and redis.cluster become the gateway's variables, one or the other, never both."""
+    def redis_env(*args):
+        c = container(one(render(*args), "Deployment", "gateway"))
+        return {e["name"]: e.get("value") for e in c["env"] if e["name"].startswith(("GATEWAY_REDIS_S", "GATEWAY_REDIS_C"))}
+    assert redis_env() == {}, "one node by default"
+    assert redis_env("--set", "redis.sentinel.hosts={s0:26379,s1:26379}") == {
+        "GATEWAY_REDIS_SENTINELS": "s0:26379,s1:26379", "GATEWAY_REDIS_SENTINEL_MASTER": "mymaster"}
+    assert redis_env("--set", "redis.cluster.nodes={c0:6379,c1:6379,c2:6379}") == {
+        "GATEWAY_REDIS_CLUSTER_NODES": "c0:6379,c1:6379,c2:6379"}
+    fails("--set", "redis.cluster.nodes={c0:6379},redis.sentinel.hosts={s0:26379}", expect="exclude each other")
+    fails("--set", "redis.cluster.nodes={no-port}", expect="/redis/cluster/nodes/0")
+
+
+@test
 def config_and_secret_changes_roll_the_pods():
     def checksums(*args):
         objs = render(*args)

@@ -12,6 +12,7 @@
 //!   the one leading a stream.
 //! - [`sentinel`]: a Redis master, its replica and three sentinels, to fail
 //!   over.
+//! - [`redis_cluster`]: a Redis Cluster of three masters.
 //! - [`pki`] (feature `pki`): a throwaway CA and certificates, for TLS tests.
 //!
 //! The binaries come from the same `target/` directory as the test (build
@@ -21,6 +22,7 @@ pub mod http;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod rabbit_cluster;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod services;
 pub mod sse;

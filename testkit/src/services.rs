@@ -60,6 +60,8 @@ pub struct RedisServer {
     tls: Option<ServerTls>,
     /// The master's port, for a replica.
     replica_of: Option<u16>,
+    /// Whether it runs as a Redis Cluster node (`--cluster-enabled`).
+    cluster: bool,
     child: Option<Child>,
     dir: ScratchDir,
 }
@@ -89,14 +91,27 @@ impl RedisServer {
     /// As [`RedisServer::start`].
     pub async fn start_replica(master: u16) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("warren-redis")?;
-        let mut server = Self { port: free_port()?, tls: None, replica_of: Some(master), child: None, dir };
+        let mut server =
+            Self { port: free_port()?, tls: None, replica_of: Some(master), cluster: false, child: None, dir };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// Starts a `redis-server` with cluster mode on (no slots yet: see
+    /// [`crate::redis_cluster`]), and waits until `PING` answers.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub async fn start_cluster_node() -> anyhow::Result<Self> {
+        let dir = ScratchDir::new("warren-redis")?;
+        let mut server = Self { port: free_port()?, tls: None, replica_of: None, cluster: true, child: None, dir };
         server.spawn().await?;
         Ok(server)
     }
 
     async fn start_on(tls: Option<ServerTls>) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("warren-redis")?;
-        let mut server = Self { port: free_port()?, tls, replica_of: None, child: None, dir };
+        let mut server = Self { port: free_port()?, tls, replica_of: None, cluster: false, child: None, dir };
         server.spawn().await?;
         Ok(server)
     }
@@ -185,6 +200,11 @@ impl RedisServer {
         };
         if let Some(master) = self.replica_of {
             command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        if self.cluster {
+            // Its own nodes.conf, in its scratch dir (the working directory).
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            command.args(["--cluster-node-timeout", "2000"]);
         }
         command
             // An append-only file in its scratch dir, so that sessions survive

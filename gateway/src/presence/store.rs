@@ -4,11 +4,18 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `warren:presence:<room>` | hash | user → how many gateways hold a socket of the user in the room |
-//! | `warren:gw:<owner>` | string, TTL | this gateway process is alive |
-//! | `warren:gw:<owner>:entries` | set | `<room>\|<user>` pairs this gateway holds |
-//! | `warren:gateways` | set | owners with a heartbeat or entries |
-//! | `warren:presence-seq` | counter | the number of the last presence change |
+//! | `warren:{presence}:room:<room>` | hash | user → how many gateways hold a socket of the user in the room |
+//! | `warren:{presence}:gw:<owner>` | string, TTL | this gateway process is alive |
+//! | `warren:{presence}:gw:<owner>:entries` | set | `<room>\|<user>` pairs this gateway holds |
+//! | `warren:{presence}:gateways` | set | owners with a heartbeat or entries |
+//! | `warren:{presence}:seq` | counter | the number of the last presence change |
+//!
+//! Every key carries the hash tag `{presence}`, so on a Redis Cluster they
+//! all live in one slot and every script below runs on one node: the
+//! changes are numbered by one counter, in one order, which is what lets a
+//! gateway catch up by number after a gap. Presence is small (an entry per
+//! user and room held) and is the price of that order; sessions, the bulk
+//! of Redis' memory, spread over the cluster.
 //!
 //! A user is present in a room while its hash field exists: "first socket"
 //! and "last socket" are decided inside one script, so two gateways can
@@ -26,23 +33,22 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{CHANNEL, Presence};
 use crate::metrics;
-use crate::redis_client::Redis;
+use crate::redis_client::{Connection, Redis};
 
 /// Prefix of a room's presence hash.
-pub const ROOM_PREFIX: &str = "warren:presence:";
+pub const ROOM_PREFIX: &str = "warren:{presence}:room:";
 /// Prefix of a gateway's heartbeat key (and of its entry set).
-pub const GATEWAY_PREFIX: &str = "warren:gw:";
+pub const GATEWAY_PREFIX: &str = "warren:{presence}:gw:";
 /// The set of gateways that may hold entries.
-pub const REGISTRY: &str = "warren:gateways";
+pub const REGISTRY: &str = "warren:{presence}:gateways";
 /// The change counter.
-pub const SEQ: &str = "warren:presence-seq";
+pub const SEQ: &str = "warren:{presence}:seq";
 
 /// How long one Redis call may take.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -225,7 +231,7 @@ fn snapshot(value: Value) -> Option<Snapshot> {
 #[derive(Debug)]
 pub struct Link {
     redis: Redis,
-    connection: Option<MultiplexedConnection>,
+    connection: Option<Connection>,
 }
 
 impl Link {
@@ -234,7 +240,7 @@ impl Link {
         Self { redis, connection: None }
     }
 
-    async fn connection(&mut self) -> RedisResult<&mut MultiplexedConnection> {
+    async fn connection(&mut self) -> RedisResult<&mut Connection> {
         if self.connection.is_none() {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(REDIS_TIMEOUT))

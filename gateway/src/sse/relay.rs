@@ -8,8 +8,10 @@
 //! frames keep the order they were posted in when consecutive POSTs land on
 //! different gateways (no affinity, a moved hash, a drain); `PUBLISH`'s count
 //! of receivers says exactly whether the stream exists anywhere (0: answer
-//! 404, the client opens a new stream); and the user is part of the name, so
-//! a token posted under another login reaches nothing.
+//! 404, the client opens a new stream; on a Redis Cluster the channel is
+//! sharded and the count `SPUBLISH`'s, see [`Subscriptions::subscribe`]);
+//! and the user is part of the name, so a token posted under another login
+//! reaches nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -154,7 +156,7 @@ impl Relay {
     /// When Redis cannot be reached.
     pub async fn post(&self, channel: &str, frame: &str) -> Result<bool, RelayError> {
         let mut connection = self.pool.get().await?;
-        let receivers: i64 = redis::cmd("PUBLISH").arg(channel).arg(frame).query_async(&mut *connection).await?;
+        let receivers: i64 = self.subscriptions.publish_to_one(channel, frame).query_async(&mut *connection).await?;
         Ok(receivers > 0)
     }
 
