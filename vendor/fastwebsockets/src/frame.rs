@@ -1,4 +1,4 @@
-// Copyright 2023 Divy Srivastava <dj.srivastava23@gmail.com>
+// Copyright 2023-2026 Divy Srivastava <dj.srivastava23@gmail.com>
 //
 // Licensed under the Apache License, Version 2.0 (the "License");
 // you may not use this file except in compliance with the License.
@@ -221,6 +221,18 @@ impl<'f> Frame<'f> {
     Self {
       fin: true,
       opcode: OpCode::Pong,
+      mask: None,
+      payload,
+    }
+  }
+
+  /// Create a new WebSocket ping `Frame`.
+  ///
+  /// This is a convenience method for `Frame::new(true, OpCode::Ping, None, payload)`.
+  pub fn ping(payload: Payload<'f>) -> Self {
+    Self {
+      fin: true,
+      opcode: OpCode::Ping,
       mask: None,
       payload,
     }

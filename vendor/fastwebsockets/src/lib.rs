@@ -1,4 +1,4 @@
-// Copyright 2023 Divy Srivastava <dj.srivastava23@gmail.com>
+// Copyright 2023-2026 Divy Srivastava <dj.srivastava23@gmail.com>
 //
 // Licensed under the Apache License, Version 2.0 (the "License");
 // you may not use this file except in compliance with the License.
@@ -599,7 +599,7 @@ impl ReadHalf {
     }
   }
 
-  /// Attempt to read a single frame from from the incoming stream, returning any send obligations if
+  /// Attempt to read a single frame from the incoming stream, returning any send obligations if
   /// `auto_close` or `auto_pong` are enabled. Callers to this function are obligated to send the
   /// frame in the latter half of the tuple if one is specified, unless the write half of this socket
   /// has been closed.
@@ -714,14 +714,10 @@ impl ReadHalf {
     let payload_len: usize = match extra {
       0 => usize::from(length_code),
       2 => self.buffer.get_u16() as usize,
-      #[cfg(any(target_pointer_width = "64", target_pointer_width = "128"))]
+      #[cfg(target_pointer_width = "64")]
       8 => self.buffer.get_u64() as usize,
       // On 32bit systems, usize is only 4bytes wide so we must check for usize overflowing
-      #[cfg(any(
-        target_pointer_width = "8",
-        target_pointer_width = "16",
-        target_pointer_width = "32"
-      ))]
+      #[cfg(any(target_pointer_width = "16", target_pointer_width = "32"))]
       8 => match usize::try_from(self.buffer.get_u64()) {
         Ok(length) => length,
         Err(_) => return Err(WebSocketError::FrameTooLarge),
@@ -785,10 +781,15 @@ impl WriteHalf {
       frame.mask();
     }
 
-    if frame.opcode == OpCode::Close {
-      self.closed = true;
-    } else if self.closed {
+    if self.closed {
+      if frame.opcode == OpCode::Close {
+        return Ok(()); // Already sent close, this is a no-op
+      }
       return Err(WebSocketError::ConnectionClosed);
+    }
+    let is_close = frame.opcode == OpCode::Close;
+    if is_close {
+      self.closed = true;
     }
 
     if self.vectored && frame.payload.len() > self.writev_threshold {
