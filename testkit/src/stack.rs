@@ -61,12 +61,48 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, mut command: Command) -> anyhow::Result<Self> {
+    /// Spawns `command`, its output in `log_dir/<name>.log` when a directory
+    /// is given, else where `WARREN_TEST_LOGS` says.
+    fn spawn(name: &str, mut command: Command, log_dir: Option<&Path>) -> anyhow::Result<Self> {
         command.kill_on_drop(true).stdin(Stdio::null());
-        let (stdout, stderr) = log_sinks(name)?;
+        let (stdout, stderr) = match log_dir {
+            Some(dir) => log_file(&dir.join(format!("{name}.log")))?,
+            None => log_sinks(name)?,
+        };
         command.stdout(stdout).stderr(stderr);
         let child = command.spawn().with_context(|| format!("spawn {name}"))?;
         Ok(Self { name: name.to_owned(), child: Some(child) })
+    }
+
+    /// Its exit code once it has exited (`Some(None)`: killed by a signal),
+    /// `None` while it runs.
+    ///
+    /// # Errors
+    /// When it cannot be asked.
+    pub fn try_exit(&mut self) -> anyhow::Result<Option<Option<i32>>> {
+        let Some(child) = self.child.as_mut() else { return Ok(None) };
+        let exited = child.try_wait()?;
+        if exited.is_some() {
+            self.child = None;
+        }
+        Ok(exited.map(|status| status.code()))
+    }
+
+    /// Stops it as an orchestrator would: SIGTERM, then SIGKILL after `grace`.
+    /// Does nothing when it has exited.
+    ///
+    /// # Errors
+    /// When a signal cannot be sent.
+    pub async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        if self.child.is_none() || self.try_exit()?.is_some() {
+            return Ok(());
+        }
+        self.signal("TERM").await?;
+        if self.wait(grace).await.is_err() {
+            self.signal("KILL").await?;
+            self.wait(grace).await?;
+        }
+        Ok(())
     }
 
     /// The OS process id.
@@ -111,8 +147,12 @@ fn log_sinks(name: &str) -> anyhow::Result<(Stdio, Stdio)> {
         return Ok((Stdio::inherit(), Stdio::inherit()));
     }
     let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("{name}-{}-{n}.log", std::process::id()));
-    let file = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    log_file(&dir.join(format!("{name}-{}-{n}.log", std::process::id())))
+}
+
+/// Both outputs of a process into one new file at `path`.
+fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
+    let file = std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
     Ok((file.try_clone()?.into(), file.into()))
 }
 
@@ -175,6 +215,46 @@ pub struct Extras {
     /// stack's later starts too (restarts, spares); HAProxy still waits for a
     /// gateway it can route to.
     pub allow_unready: bool,
+    /// Fixed ports instead of free ones (`warren-dev`'s).
+    pub ports: Option<Ports>,
+    /// The gateways' session secret (default [`TEST_SECRET`]).
+    pub session_secret: Option<String>,
+    /// The binaries' own drain and shutdown timings instead of the tests'
+    /// short ones (`drain_window` still wins when set).
+    pub shipped_timings: bool,
+    /// A directory for the processes' logs (`<name>.log`) and HAProxy's
+    /// config, kept after the stack; default: a scratch directory, and the
+    /// logs where `WARREN_TEST_LOGS` says.
+    pub run_dir: Option<PathBuf>,
+}
+
+/// Where a stack listens when its ports are fixed: process `i` (from 0) of
+/// a kind on its base port + `i`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// HAProxy.
+    pub front: u16,
+    /// The gateways' public ports.
+    pub gateway: u16,
+    /// The gateways' admin ports.
+    pub gateway_admin: u16,
+    /// The bridges' gRPC ports.
+    pub bridge: u16,
+    /// The bridges' admin ports.
+    pub bridge_admin: u16,
+}
+
+impl Ports {
+    /// `127.0.0.1:<base + index>`, or a free address without fixed ports.
+    fn pick(ports: Option<&Self>, base: impl Fn(&Self) -> u16, index: usize) -> anyhow::Result<SocketAddr> {
+        match ports {
+            Some(ports) => {
+                let port = u16::try_from(usize::from(base(ports)) + index).context("port out of range")?;
+                Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+            }
+            None => free_addr(),
+        }
+    }
 }
 
 /// What a user's network may do that the shipped HAProxy config does not.
@@ -220,13 +300,45 @@ pub struct Stack {
     /// Reserved (public, admin) addresses of the spare gateways.
     pub spares: Vec<(SocketAddr, SocketAddr)>,
     redis: String,
-    amqp: String,
-    drain_window: Duration,
     gateway_env: Vec<(String, String)>,
+    launch: Launch,
+    _dir: Option<TempDir>,
+}
+
+/// How every process of a stack is started.
+#[derive(Debug, Clone, Default)]
+struct Launch {
+    amqp: String,
+    /// Environment for every gateway and bridge.
     common_env: Vec<(String, String)>,
     allow_unready: bool,
-    _dir: TempDir,
+    /// The gateways' drain window; `None`: the binary's own.
+    drain_window: Option<Duration>,
+    /// The binaries' shutdown grace; `None`: their own.
+    shutdown_grace: Option<Duration>,
+    secret: String,
+    log_dir: Option<PathBuf>,
 }
+
+impl Launch {
+    /// The tests' way: the shared RabbitMQ, short timings, test logs.
+    fn for_tests(amqp: &str, common_env: &[(String, String)], allow_unready: bool) -> Self {
+        Self {
+            amqp: amqp.to_owned(),
+            common_env: common_env.to_vec(),
+            allow_unready,
+            drain_window: Some(TEST_DRAIN_WINDOW),
+            shutdown_grace: Some(TEST_SHUTDOWN_GRACE),
+            secret: TEST_SECRET.to_owned(),
+            log_dir: None,
+        }
+    }
+}
+
+/// The tests' drain window: short, to keep them short.
+const TEST_DRAIN_WINDOW: Duration = Duration::from_secs(2);
+/// The tests' shutdown grace.
+const TEST_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 impl Stack {
     /// Starts the processes and waits until every one is ready.
@@ -242,42 +354,81 @@ impl Stack {
     /// # Errors
     /// When a process does not start or become ready in time.
     pub async fn start_with(shape: Shape, extras: Extras) -> anyhow::Result<Self> {
-        let dir = TempDir::new()?;
-        let redis = extras.redis_url.unwrap_or_else(redis_url);
-        let amqp = extras.amqp_url.unwrap_or_else(amqp_url);
+        let (dir, run_dir) = match &extras.run_dir {
+            Some(run_dir) => {
+                std::fs::create_dir_all(run_dir).with_context(|| format!("create {}", run_dir.display()))?;
+                (None, run_dir.clone())
+            }
+            None => {
+                let dir = TempDir::new()?;
+                let path = dir.path.clone();
+                (Some(dir), path)
+            }
+        };
+        let mut launch =
+            Launch::for_tests(&extras.amqp_url.unwrap_or_else(amqp_url), &extras.common_env, extras.allow_unready);
+        if extras.shipped_timings {
+            (launch.drain_window, launch.shutdown_grace) = (None, None);
+        }
+        launch.drain_window = extras.drain_window.or(launch.drain_window);
+        launch.secret = extras.session_secret.unwrap_or(launch.secret);
+        launch.log_dir = extras.run_dir.clone();
+        let ports = extras.ports;
         let mut bridges = Vec::new();
         for index in 0..shape.bridges {
-            let (addr, admin) = (free_addr()?, free_addr()?);
-            bridges.push(spawn_bridge(index + 1, addr, admin, &amqp, &extras.common_env, extras.allow_unready).await?);
+            let addr = Ports::pick(ports.as_ref(), |p| p.bridge, index)?;
+            let admin = Ports::pick(ports.as_ref(), |p| p.bridge_admin, index)?;
+            bridges.push(spawn_bridge(index + 1, addr, admin, &launch).await?);
         }
-        let drain_window = extras.drain_window.unwrap_or(Duration::from_secs(2));
         let mut stack = Self {
             bridges,
             gateways: Vec::new(),
             haproxy: None,
             spares: Vec::new(),
-            redis,
-            amqp,
-            drain_window,
-            gateway_env: [extras.common_env.clone(), extras.gateway_env].concat(),
-            common_env: extras.common_env,
-            allow_unready: extras.allow_unready,
+            redis: extras.redis_url.unwrap_or_else(redis_url),
+            gateway_env: [extras.common_env, extras.gateway_env].concat(),
+            launch,
             _dir: dir,
         };
         for index in 0..shape.gateways {
-            let gateway = stack.spawn_gateway(index, free_addr()?, free_addr()?).await?;
+            let addr = Ports::pick(ports.as_ref(), |p| p.gateway, index)?;
+            let admin = Ports::pick(ports.as_ref(), |p| p.gateway_admin, index)?;
+            let gateway = stack.spawn_gateway(index, addr, admin).await?;
             stack.gateways.push(gateway);
         }
-        for _ in 0..extras.spare_gateways {
-            stack.spares.push((free_addr()?, free_addr()?));
+        for spare in 0..extras.spare_gateways {
+            let index = shape.gateways + spare;
+            let addr = Ports::pick(ports.as_ref(), |p| p.gateway, index)?;
+            stack.spares.push((addr, Ports::pick(ports.as_ref(), |p| p.gateway_admin, index)?));
         }
         if shape.haproxy {
             let mut servers: Vec<(SocketAddr, SocketAddr)> = stack.gateways.iter().map(|g| (g.addr, g.admin)).collect();
             servers.extend(stack.spares.iter().copied());
-            let cookie = session_cookie_name(&stack.gateway_env);
-            stack.haproxy = Some(start_haproxy(&stack._dir.path, &servers, cookie, extras.front).await?);
+            let front = Haproxy {
+                bind: Ports::pick(ports.as_ref(), |p| p.front, 0)?,
+                cookie: session_cookie_name(&stack.gateway_env),
+                front: extras.front,
+            };
+            stack.haproxy = Some(front.start(&run_dir, &servers, stack.launch.log_dir.as_deref()).await?);
         }
         Ok(stack)
+    }
+
+    /// Stops every process as an orchestrator would (SIGTERM, SIGKILL after
+    /// `grace`): HAProxy and the gateways first, the bridges after them, so
+    /// that draining gateways still reach a bridge.
+    ///
+    /// # Errors
+    /// When a signal cannot be sent.
+    pub async fn stop(&mut self, grace: Duration) -> anyhow::Result<()> {
+        if let Some((haproxy, _)) = self.haproxy.as_mut() {
+            haproxy.stop(grace).await?;
+        }
+        let gateways = self.gateways.iter_mut().map(|gateway| gateway.process.stop(grace));
+        futures_util::future::try_join_all(gateways).await?;
+        let bridges = self.bridges.iter_mut().map(|bridge| bridge.process.stop(grace));
+        futures_util::future::try_join_all(bridges).await?;
+        Ok(())
     }
 
     /// The bridge URLs, rotated so that gateway `index` prefers bridge `index % n`.
@@ -299,7 +450,7 @@ impl Stack {
             redis: &self.redis,
             env: &self.gateway_env,
         };
-        spawn_gateway(&spec, self.drain_window, self.allow_unready).await
+        spawn_gateway(&spec, &self.launch).await
     }
 
     /// Starts gateway `index` again on its ports, under its name (after it
@@ -342,7 +493,7 @@ impl Stack {
             let bridge = self.bridges.get(index).context("no such bridge")?;
             (bridge.addr, bridge.admin)
         };
-        let bridge = spawn_bridge(index + 1, addr, admin, &self.amqp, &self.common_env, self.allow_unready).await?;
+        let bridge = spawn_bridge(index + 1, addr, admin, &self.launch).await?;
         self.bridges[index] = bridge;
         Ok(())
     }
@@ -363,7 +514,7 @@ impl Stack {
 /// # Errors
 /// When it does not become ready in time.
 pub async fn start_bridge(n: usize) -> anyhow::Result<Bridge> {
-    spawn_bridge(n, free_addr()?, free_addr()?, &amqp_url(), &[], false).await
+    spawn_bridge(n, free_addr()?, free_addr()?, &Launch::for_tests(&amqp_url(), &[], false)).await
 }
 
 /// Starts a bridge named `bridge-<n>` on the RabbitMQ at `amqp`; with
@@ -372,7 +523,7 @@ pub async fn start_bridge(n: usize) -> anyhow::Result<Bridge> {
 /// # Errors
 /// When it does not start (or become ready) in time.
 pub async fn start_bridge_on(n: usize, amqp: &str, allow_unready: bool) -> anyhow::Result<Bridge> {
-    spawn_bridge(n, free_addr()?, free_addr()?, amqp, &[], allow_unready).await
+    spawn_bridge(n, free_addr()?, free_addr()?, &Launch::for_tests(amqp, &[], allow_unready)).await
 }
 
 /// Starts a bridge named `bridge-<n>` on the RabbitMQ at `amqp` with more
@@ -386,27 +537,23 @@ pub async fn start_bridge_with(
     env: &[(String, String)],
     allow_unready: bool,
 ) -> anyhow::Result<Bridge> {
-    spawn_bridge(n, free_addr()?, free_addr()?, amqp, env, allow_unready).await
+    spawn_bridge(n, free_addr()?, free_addr()?, &Launch::for_tests(amqp, env, allow_unready)).await
 }
 
-async fn spawn_bridge(
-    n: usize,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    amqp: &str,
-    env: &[(String, String)],
-    allow_unready: bool,
-) -> anyhow::Result<Bridge> {
+async fn spawn_bridge(n: usize, addr: SocketAddr, admin: SocketAddr, launch: &Launch) -> anyhow::Result<Bridge> {
+    let name = format!("bridge-{n}");
     let mut command = Command::new(bin_dir().join("warren-bridge"));
     command
         .env("BRIDGE_LISTEN", addr.to_string())
         .env("BRIDGE_ADMIN_LISTEN", admin.to_string())
-        .env("BRIDGE_INSTANCE", format!("bridge-{n}"))
-        .env("BRIDGE_AMQP_URL", amqp)
-        .env("BRIDGE_SHUTDOWN_GRACE", "3s")
-        .envs(env.iter().map(|(key, value)| (key, value)));
-    let process = Process::spawn(&format!("bridge-{n}"), command)?;
-    wait_started(admin, allow_unready).await.with_context(|| format!("bridge-{n} never became ready"))?;
+        .env("BRIDGE_INSTANCE", &name)
+        .env("BRIDGE_AMQP_URL", &launch.amqp);
+    if let Some(grace) = launch.shutdown_grace {
+        command.env("BRIDGE_SHUTDOWN_GRACE", format!("{}ms", grace.as_millis()));
+    }
+    command.envs(launch.common_env.iter().map(|(key, value)| (key, value)));
+    let process = Process::spawn(&name, command, launch.log_dir.as_deref())?;
+    wait_started(admin, launch.allow_unready).await.with_context(|| format!("{name} never became ready"))?;
     Ok(Bridge { process, addr, admin })
 }
 
@@ -420,7 +567,7 @@ struct GatewaySpec<'a> {
     env: &'a [(String, String)],
 }
 
-async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration, allow_unready: bool) -> anyhow::Result<Gateway> {
+async fn spawn_gateway(spec: &GatewaySpec<'_>, launch: &Launch) -> anyhow::Result<Gateway> {
     let GatewaySpec { instance, addr, admin, bridge_urls, redis, env } = *spec;
     let mut command = Command::new(bin_dir().join("warren-gateway"));
     command
@@ -429,12 +576,16 @@ async fn spawn_gateway(spec: &GatewaySpec<'_>, drain_window: Duration, allow_unr
         .env("GATEWAY_INSTANCE", instance)
         .env("GATEWAY_REDIS_URL", redis)
         .env("GATEWAY_BRIDGE_URLS", bridge_urls.join(","))
-        .env("GATEWAY_SESSION_SECRET", TEST_SECRET)
-        .env("GATEWAY_DRAIN_WINDOW", format!("{}ms", drain_window.as_millis()))
-        .env("GATEWAY_SHUTDOWN_GRACE", "3s")
-        .envs(env.iter().map(|(key, value)| (key, value)));
-    let process = Process::spawn(instance, command)?;
-    wait_started(admin, allow_unready).await.with_context(|| format!("{instance} never became ready"))?;
+        .env("GATEWAY_SESSION_SECRET", &launch.secret);
+    if let Some(window) = launch.drain_window {
+        command.env("GATEWAY_DRAIN_WINDOW", format!("{}ms", window.as_millis()));
+    }
+    if let Some(grace) = launch.shutdown_grace {
+        command.env("GATEWAY_SHUTDOWN_GRACE", format!("{}ms", grace.as_millis()));
+    }
+    command.envs(env.iter().map(|(key, value)| (key, value)));
+    let process = Process::spawn(instance, command, launch.log_dir.as_deref())?;
+    wait_started(admin, launch.allow_unready).await.with_context(|| format!("{instance} never became ready"))?;
     Ok(Gateway { process, addr, admin, instance: instance.to_owned() })
 }
 
@@ -448,33 +599,50 @@ fn session_cookie_name(gateway_env: &[(String, String)]) -> &str {
         .unwrap_or(crate::http::DEFAULT_COOKIE_NAME)
 }
 
-async fn start_haproxy(
-    dir: &Path,
-    gateways: &[(SocketAddr, SocketAddr)],
-    cookie: &str,
-    front_end: Front,
-) -> anyhow::Result<(Process, SocketAddr)> {
-    let front = free_addr()?;
-    let template = std::fs::read_to_string(repo_root().join("scripts/haproxy/haproxy.cfg.in"))?;
-    let servers: Vec<String> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, (addr, admin))| format!("    server gw{} {addr} check port {}", i + 1, admin.port()))
-        .collect();
-    let config = template
-        .replace("@@BIND@@", &front.to_string())
-        .replace("@@COOKIE@@", cookie)
-        .replace("@@SERVERS@@", &servers.join("\n"));
-    let config = front_end.apply(config)?;
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, config)?;
-    let mut command = Command::new("haproxy");
-    command.arg("-db").arg("-f").arg(&path);
-    let process = Process::spawn("haproxy", command)?;
-    // Ready once every gateway passed its health checks (rise 2, inter 1s).
-    wait_http(front, "/session", |status| status == 401).await.context("HAProxy never routed")?;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    Ok((process, front))
+/// HAProxy in front of the gateways, from `scripts/haproxy/haproxy.cfg.in`:
+/// the one place that template is rendered.
+struct Haproxy<'a> {
+    bind: SocketAddr,
+    cookie: &'a str,
+    front: Front,
+}
+
+impl Haproxy<'_> {
+    /// The config for these gateways (public and admin addresses).
+    fn render(&self, gateways: &[(SocketAddr, SocketAddr)]) -> anyhow::Result<String> {
+        let template = std::fs::read_to_string(repo_root().join("scripts/haproxy/haproxy.cfg.in"))?;
+        let servers: Vec<String> = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, admin))| format!("    server gw{} {addr} check port {}", i + 1, admin.port()))
+            .collect();
+        let config = template
+            .replace("@@BIND@@", &self.bind.to_string())
+            .replace("@@COOKIE@@", self.cookie)
+            .replace("@@SERVERS@@", &servers.join("\n"));
+        self.front.apply(config)
+    }
+
+    /// Writes the config to `dir/haproxy.cfg`, has HAProxy check it, starts
+    /// it and waits until it routes to every gateway.
+    async fn start(
+        &self,
+        dir: &Path,
+        gateways: &[(SocketAddr, SocketAddr)],
+        log_dir: Option<&Path>,
+    ) -> anyhow::Result<(Process, SocketAddr)> {
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, self.render(gateways)?)?;
+        let checked = Command::new("haproxy").arg("-c").arg("-q").arg("-f").arg(&path).status().await;
+        anyhow::ensure!(checked.context("run haproxy -c")?.success(), "haproxy rejected {}", path.display());
+        let mut command = Command::new("haproxy");
+        command.arg("-db").arg("-f").arg(&path);
+        let process = Process::spawn("haproxy", command, log_dir)?;
+        // Ready once every gateway passed its health checks (rise 2, inter 1s).
+        wait_http(self.bind, "/session", |status| status == 401).await.context("HAProxy never routed")?;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok((process, self.bind))
+    }
 }
 
 /// Waits until `/readyz` on `admin` answers 200.
