@@ -1,16 +1,14 @@
-# scripts/lib/common.sh: helpers sourced by scripts/dev-up and scripts/test.
-# They install what is missing on a Debian/Ubuntu machine (apt-get, as root or
-# through sudo), start Redis and RabbitMQ on loopback when nothing answers
-# (and reuse them when something does), and render the HAProxy config.
+# scripts/lib/common.sh: helpers sourced by the scripts. They install what is
+# missing on a Debian/Ubuntu machine (apt-get, as root or through sudo), and
+# start the machine's Redis and RabbitMQ on loopback when nothing answers (and
+# reuse them when something does): the shared services the tests run on.
+# Stacks are started by warren-dev (testkit), never here.
 # Knobs: WARREN_REDIS_PORT (6379), WARREN_AMQP_PORT (5672).
 # shellcheck shell=bash
 
 WARREN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WARREN_REDIS_PORT="${WARREN_REDIS_PORT:-6379}"
 WARREN_AMQP_PORT="${WARREN_AMQP_PORT:-5672}"
-# Set by ensure_redis / ensure_rabbitmq when they started a server (else empty).
-# shellcheck disable=SC2034  # read by the scripts that source this file
-WARREN_STARTED_REDIS_PIDFILE="" WARREN_STARTED_RABBITMQ=""
 _WARREN_APT_UPDATED=""
 
 # haproxy, rabbitmq-server and friends live in sbin.
@@ -45,21 +43,6 @@ need_apt() {
 # port_open PORT: true when something accepts TCP on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# free_port: print a TCP port that is free on 127.0.0.1 right now.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_http URL [SECONDS=30]: poll until URL answers 2xx (redirects followed).
-wait_http() {
-  local url=$1 deadline=$((SECONDS + ${2:-30}))
-  command -v curl >/dev/null || need_apt curl
-  until curl -fsL -o /dev/null --max-time 2 "$url"; do
-    ((SECONDS < deadline)) || { log "no 200 from $url after ${2:-30}s"; return 1; }
-    sleep 0.2
-  done
-}
-
 _redis_ok() { redis-cli -h 127.0.0.1 -p "$WARREN_REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
 # ensure_redis: reuse the Redis on WARREN_REDIS_PORT, else install and start one.
@@ -68,9 +51,8 @@ ensure_redis() {
   need_apt redis-server
   _redis_ok && return 0
   port_open "$WARREN_REDIS_PORT" && die "port $WARREN_REDIS_PORT is taken by something that is not Redis"
-  WARREN_STARTED_REDIS_PIDFILE="/tmp/warren-redis-$WARREN_REDIS_PORT.pid"
   redis-server --daemonize yes --bind 127.0.0.1 --port "$WARREN_REDIS_PORT" \
-    --save '' --appendonly no --pidfile "$WARREN_STARTED_REDIS_PIDFILE" >/dev/null
+    --save '' --appendonly no >/dev/null
   local deadline=$((SECONDS + 10))
   until _redis_ok; do
     ((SECONDS < deadline)) || die "Redis did not answer on :$WARREN_REDIS_PORT"
@@ -104,8 +86,6 @@ ensure_rabbitmq() {
     ERL_EPMD_ADDRESS=127.0.0.1 \
     RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
     rabbitmq-server -detached >/dev/null 2>&1 || die "rabbitmq-server -detached failed"
-  # shellcheck disable=SC2034  # read by the scripts that source this file
-  WARREN_STARTED_RABBITMQ=1
   local deadline=$((SECONDS + 60))
   until _amqp_ok; do
     ((SECONDS < deadline)) || die "RabbitMQ did not accept AMQP on :$WARREN_AMQP_PORT within 60s"
@@ -143,23 +123,4 @@ ensure_node_deps() {
     (cd "$dir" && npm install --no-audit --no-fund --loglevel=error)
   fi
   touch "$dir/node_modules"
-}
-
-# render_haproxy_cfg OUT BIND SERVER...: write scripts/haproxy/haproxy.cfg.in to
-# OUT with BIND (host:port) as the frontend address and one backend line per
-# SERVER, each given as NAME,HOST:PORT,ADMIN_PORT (e.g. gw1,127.0.0.1:8081,9081).
-# Affinity hashes on the gateways' session cookie: GATEWAY_SESSION_COOKIE_NAME
-# (what the gateways started from the same environment read), else jsessionid.
-render_haproxy_cfg() {
-  local out=$1 bind=$2 s name addr admin servers="" tpl
-  shift 2
-  for s in "$@"; do
-    IFS=, read -r name addr admin <<<"$s"
-    [[ -n $name && -n $addr && -n $admin ]] || die "render_haproxy_cfg: bad server '$s'"
-    servers+="${servers:+$'\n'}    server $name $addr check port $admin"
-  done
-  tpl="$(<"$WARREN_ROOT/scripts/haproxy/haproxy.cfg.in")"
-  tpl="${tpl//@@BIND@@/"$bind"}"
-  tpl="${tpl//@@COOKIE@@/"${GATEWAY_SESSION_COOKIE_NAME:-jsessionid}"}"
-  printf '%s\n' "${tpl//@@SERVERS@@/"$servers"}" >"$out"
 }

@@ -81,29 +81,16 @@ struct Config {
     /// A PEM CA bundle both binaries trust for TLS, on top of the system's.
     #[arg(long, env = "WARREN_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// Start a Redis of its own even when one answers on loopback (to stop
-    /// it on purpose, as the observability check does).
+    /// Start a Redis of its own even when one answers on loopback or a URL
+    /// is given (to stop it on purpose, as the observability check does).
     #[arg(long, env = "WARREN_PRIVATE_REDIS")]
     private_redis: bool,
     /// The gateways' drain window (`3s`, `500ms`); default: the binary's.
-    #[arg(long, env = "WARREN_DRAIN_WINDOW", value_parser = parse_duration)]
+    #[arg(long, env = "WARREN_DRAIN_WINDOW", value_parser = humantime::parse_duration)]
     drain_window: Option<Duration>,
     /// Where the logs, haproxy.cfg and stack.json go.
     #[arg(long, env = "WARREN_RUN_DIR", default_value = ".run")]
     run_dir: PathBuf,
-}
-
-/// `250ms`, `3s` or `2m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 3s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{text:?}: the unit is ms, s or m")),
-    }
 }
 
 /// The backing services the stack runs on, and the private ones to keep.
@@ -145,12 +132,12 @@ async fn main() -> anyhow::Result<()> {
 /// The Redis and RabbitMQ to use: given, reused on loopback, or started.
 async fn services(config: &Config) -> anyhow::Result<Services> {
     let (redis_url, private_redis) = match &config.redis_url {
-        Some(url) => (url.clone(), None),
+        Some(url) if !config.private_redis => (url.clone(), None),
         None if !config.private_redis && answers(6379).await => {
             say("reusing Redis on :6379");
             ("redis://127.0.0.1:6379".to_owned(), None)
         }
-        None => {
+        _ => {
             let server = RedisServer::start().await.context("start a private redis-server")?;
             say(&format!("started a private Redis on :{}", server.port()));
             (server.url(), Some(server))
