@@ -2,17 +2,19 @@
 """The report of scripts/bench: the machine it ran on, and docs/benchmarks.md's
 tables rendered from the JSON each warren-load scenario wrote.
 
-Usage: bench_report.py machine STARTED
+scripts/bench.py calls machine() and render() directly. By hand:
+Usage: bench_report.py machine STARTED        (prints the machine's JSON)
        bench_report.py render DIR OUT MACHINE_JSON ARGS PAIR_ONLY
 """
+import json
+import os
+import re
+import subprocess
 import sys
 
 
-def machine(argv):
-    """Prints the machine's facts as JSON (argv: the start time)."""
-    import sys
-    sys.argv = [sys.argv[0]] + argv
-    import json, os, re, subprocess, sys
+def machine(started):
+    """The machine's facts (a dict for render's MACHINE), STARTED the start time."""
     def sh(*cmd):
         try:
             return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
@@ -21,8 +23,8 @@ def machine(argv):
     cpuinfo = open("/proc/cpuinfo").read()
     model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
     mem = re.search(r"MemTotal:\s*(\d+)", open("/proc/meminfo").read())
-    print(json.dumps({
-        "started": sys.argv[1],
+    return {
+        "started": started,
         "nproc": os.cpu_count(),
         "model": model.group(1) if model else "unknown",
         "memory_gib": round(int(mem.group(1)) / 1048576, 1) if mem else None,
@@ -30,15 +32,13 @@ def machine(argv):
         "rustc": sh("rustc", "--version"),
         "haproxy": sh("haproxy", "-v").splitlines()[0] if sh("haproxy", "-v") else "",
         "revision": sh("git", "rev-parse", "--short", "HEAD") + (" + uncommitted changes" if sh("git", "status", "--porcelain", "--untracked-files=no") else ""),
-    }))
+    }
 
 
-def render(argv):
-    """Writes the report (argv: dir, out, machine JSON, the command's args, pair-only)."""
-    import sys
-    sys.argv = [sys.argv[0]] + argv
-    import json, os, sys
-    dir_, out, machine, args, pair_only = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
+def render(dir_, out, machine, args, pair_only):
+    """Writes the report to OUT from the summaries in DIR_: MACHINE is machine()'s
+    dict, ARGS scripts/bench's arguments (one string), PAIR_ONLY true (or a
+    non-empty string) for --slow-pair."""
     names = ("fanout-steady", "fanout-slow") if pair_only else ("fanout", "idle", "storm", "drain", "rooms", "crowd")
     S = {n: json.load(open(os.path.join(dir_, n + ".json"))) for n in names}
     S.update({n: json.load(open(os.path.join(dir_, n + ".json")))
@@ -101,7 +101,7 @@ def render(argv):
     if pair_only:
         slow_pair()
         open(out, "w").write("\n".join(L))
-        sys.exit(0)
+        return
     w("| machine | |")
     w("|---|---|")
     w(f'| CPU | {machine["nproc"]} × {machine["model"]} |')
@@ -304,7 +304,10 @@ def render(argv):
 
 
 if __name__ == "__main__":
-    commands = {"machine": machine, "render": render}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+    cmd, rest = sys.argv[1:2], sys.argv[2:]
+    if cmd == ["machine"] and len(rest) == 1:
+        print(json.dumps(machine(rest[0])))
+    elif cmd == ["render"] and len(rest) == 5:
+        render(rest[0], rest[1], json.loads(rest[2]), rest[3], rest[4])
+    else:
         sys.exit("usage: bench_report.py machine STARTED | render DIR OUT MACHINE_JSON ARGS PAIR_ONLY")
-    commands[sys.argv[1]](sys.argv[2:])
