@@ -41,29 +41,27 @@ STARTED = time.monotonic()
 
 def check_all(only: str | None) -> int:
     """scripts/k8s-check: every step, logged; the last line says OK or where it FAILED."""
-    step = "setup"
-    try:
-        tools.TOOLS.mkdir(parents=True, exist_ok=True)
-        step = "install helm and kubectl"
-        tools.install_helm_kubectl()
-        step = "install kubernetes-validate"
-        tools.install_python_tools()
-        step = "install CRD models"
-        tools.install_crd_models()
-        tools.log(tools.versions())
-        step = "helm lint"
-        renders.lint_all()
-        step = "helm template"
-        renders.template_all()
-        step = "kubectl kustomize"
-        renders.kustomize_all()
-        step = "kubernetes-validate"
-        renders.validate_all()
-        step = "invariants"
+    def invariants():
         tools.log("scripts/k8s_invariants.py")
         sys.stdout.flush()
         tools.run(tools.VENV_PYTHON, Path(__file__).resolve(), "--helm", tools.HELM, "--kubectl", tools.KUBECTL,
                   "--renders", renders.RENDERS, *(["-k", only] if only else []))
+
+    steps = [
+        ("setup", lambda: tools.TOOLS.mkdir(parents=True, exist_ok=True)),
+        ("install helm and kubectl", tools.install_helm_kubectl),
+        ("install kubernetes-validate", tools.install_python_tools),
+        ("install CRD models", lambda: (tools.install_crd_models(), tools.log(tools.versions()))),
+        ("helm lint", renders.lint_all),
+        ("helm template", renders.template_all),
+        ("kubectl kustomize", renders.kustomize_all),
+        ("kubernetes-validate", renders.validate_all),
+        ("invariants", invariants),
+    ]
+    step = "setup"
+    try:
+        for step, run in steps:
+            run()
     except tools.StepFailed as e:
         rc = e.rc
         if str(e):

@@ -98,9 +98,6 @@ pub enum RunError {
     /// The Redis client could not be built from the URL.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The session pool could not be built.
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool::managed::BuildError),
     /// The TLS files for Redis are unusable.
     #[error("redis TLS: {0}")]
     Tls(#[from] platform::tls::TlsError),

@@ -74,7 +74,7 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::membership::Membership;
 use crate::presence::Presence;
-use crate::redis_client::Redis;
+use crate::redis_client::{Redis, SharedConnection};
 use crate::server::App;
 use crate::session::{SessionStore, Signer};
 use crate::sockets::Sockets;
@@ -107,12 +107,14 @@ pub async fn run(
         );
     }
     let redis = Redis::open(&config.redis_target(), &config.tls_files())?;
-    let pool = redis.pool()?;
-    let subscriptions = Subscriptions::new(redis.clone());
-    let relay = Arc::new(Relay::new(subscriptions.clone(), pool.clone()));
+    // One connection for every command, one for the subscriptions.
+    let commands = SharedConnection::new(redis.clone());
+    let subscriptions = Subscriptions::new(redis);
+    let relay = Arc::new(Relay::new(subscriptions.clone(), commands.clone()));
     subscriptions.add(relay.clone(), &[]);
-    let sessions = SessionStore::new(pool, Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
-        .with_cookie_name(&config.session_cookie_name);
+    let sessions =
+        SessionStore::new(commands.clone(), Signer::new(config.secret()), config.session_max_age, config.cookie_secure)
+            .with_cookie_name(&config.session_cookie_name);
 
     let tracker = TaskTracker::new();
     let upstream = Upstream::new(config.bridge_urls.clone());
@@ -123,7 +125,7 @@ pub async fn run(
 
     let instance: Arc<str> = config.instance_name().into();
     let (presence, presence_tasks) =
-        Presence::new(redis.clone(), &instance, config.presence_heartbeat, config.presence_ttl, config.presence_batch);
+        Presence::new(commands, &instance, config.presence_heartbeat, config.presence_ttl, config.presence_batch);
     // Like the admin port, presence outlives the drain: its entries stay
     // while the sockets move, and are removed when the gateway exits.
     let presence_token = CancellationToken::new();

@@ -42,7 +42,7 @@ use self::batch::{Diff, Entry, Reset};
 use self::store::{Keys, Link, Op, Snapshot, Writer};
 use crate::mailbox::{Mailbox, SocketId};
 use crate::metrics;
-use crate::redis_client::Redis;
+use crate::redis_client::SharedConnection;
 use crate::subscriptions::Listener;
 
 /// The Redis channel on which every presence change is announced.
@@ -139,7 +139,7 @@ pub struct Presence {
 pub struct Tasks {
     presence: Arc<Presence>,
     ops: mpsc::UnboundedReceiver<Op>,
-    redis: Redis,
+    redis: SharedConnection,
     keys: Keys,
     heartbeat: Duration,
     ttl: Duration,
@@ -153,7 +153,7 @@ impl Presence {
     /// every `heartbeat` with a TTL of `ttl` and sending changes every
     /// `batch`; nothing runs until [`Tasks::run`].
     pub fn new(
-        redis: Redis,
+        redis: SharedConnection,
         instance: &str,
         heartbeat: Duration,
         ttl: Duration,
@@ -523,8 +523,8 @@ mod tests {
     fn presence() -> (Arc<Presence>, Tasks) {
         let second = Duration::from_secs(1);
         let target = crate::redis_client::Target::node("redis://127.0.0.1:1");
-        let redis = Redis::open(&target, &platform::tls::Files::default()).expect("url");
-        Presence::new(redis, "gw", second, second * 3, second)
+        let redis = crate::redis_client::Redis::open(&target, &platform::tls::Files::default()).expect("url");
+        Presence::new(SharedConnection::new(redis), "gw", second, second * 3, second)
     }
 
     /// A socket's mailbox, and the same mailbox as its writer reads it.

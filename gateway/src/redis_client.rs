@@ -11,15 +11,19 @@
 //! new connection and refuses to connect when that reports an error: the
 //! warnings logged at start-up about the store say why.)
 //!
+//! **One connection.** Every command (sessions, presence, posts to event
+//! streams) goes over one [`SharedConnection`]: a multiplexed connection
+//! pipelines concurrent callers' commands by itself, so a pool of them only
+//! adds sockets. When it breaks (an I/O error, a timeout), it is dropped and
+//! the next command makes a new one. Subscriptions need a connection of
+//! their own ([`Redis::subscriber`]): there is one per gateway too.
+//!
 //! **Sentinel.** With `--redis-sentinel` the master is whichever node the
 //! sentinels name *now*: every new connection asks them (and checks that the
 //! node it is sent to says it is the master), so when Sentinel fails the
 //! master over, the connections that break are made again on the new one.
 //! Sentinel itself closes every client of a master it demotes, so no
-//! connection lingers on a node that turned replica. The pool is deadpool's
-//! with a manager of its own ([`Manager`]) rather than deadpool-redis': that
-//! crate's managers are each bound to one kind of address (a URL, or
-//! Sentinel without a private CA), and the gateway wants one path for all.
+//! connection lingers on a node that turned replica.
 //!
 //! **Cluster.** With `--redis-cluster` the nodes given are only where the
 //! slot map is first read: redis-rs keeps a connection to every master,
@@ -28,14 +32,13 @@
 //! out for it (docs/operations.md#redis-cluster): no command and no pipeline
 //! spans two slots except the multi-key reads and deletes redis-rs splits
 //! itself (`MGET`, `DEL`); presence's keys share one hash tag, so each of its
-//! scripts runs on one node. A cluster connection is multiplexed and heals
-//! itself, so the pool hands out clones of one ([`Connection::Cluster`]).
+//! scripts runs on one node. A cluster connection is multiplexed too, and
+//! follows the cluster by itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use platform::tls::{Files, Tls};
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -45,22 +48,14 @@ use redis::{
     AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, PushInfo, RedisError,
     RedisFuture, RedisResult, TlsCertificates, TlsMode, Value,
 };
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 
 use crate::error::RunError;
 
-/// A pool of multiplexed connections to the master (or of clones of the
-/// one cluster connection).
-pub type Pool = managed::Pool<Manager>;
-/// A connection from the [`Pool`].
-pub type PooledConnection = managed::Object<Manager>;
-/// Why the [`Pool`] gave no connection.
-pub type PoolError = managed::PoolError<RedisError>;
-
 /// How long asking the sentinels for the master may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long connecting to a cluster node, or one of its answers, may take.
-const CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connecting to a node, or one of its answers, may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the gateway's Redis is.
 #[derive(Debug, Clone)]
@@ -107,8 +102,6 @@ enum Route {
         /// How `client` was made, to make subscribers alike (but speaking
         /// RESP3: cluster pub/sub arrives as pushes).
         seeds: Seeds,
-        /// The one connection the pool hands out.
-        shared: OnceCell<ClusterConnection>,
     },
 }
 
@@ -234,7 +227,7 @@ impl Redis {
             Topology::Cluster { nodes } => {
                 let seeds = Seeds { url: target.url.clone(), nodes: nodes.clone(), certificates };
                 tracing::info!(seeds = nodes.len(), "Redis Cluster");
-                Route::Cluster { client: seeds.builder()?.build()?, seeds, shared: OnceCell::new() }
+                Route::Cluster { client: seeds.builder()?.build()?, seeds }
             }
         };
         Ok(Self(Arc::new(route)))
@@ -282,18 +275,6 @@ impl Redis {
         }
     }
 
-    /// The connection the pool hands out: a new one to the master, or a
-    /// clone of the one cluster connection.
-    async fn pooled(&self) -> RedisResult<Connection> {
-        match &*self.0 {
-            Route::Cluster { client, shared, .. } => {
-                let connection = shared.get_or_try_init(|| client.get_async_connection()).await?;
-                Ok(Connection::Cluster(connection.clone()))
-            }
-            _ => Ok(Connection::Node(self.client().await?.get_multiplexed_async_connection().await?)),
-        }
-    }
-
     /// A new subscriber connection.
     ///
     /// # Errors
@@ -311,39 +292,106 @@ impl Redis {
             _ => Ok(Subscriber::Node(self.client().await?.get_async_pubsub().await?)),
         }
     }
+}
 
-    /// A connection pool on this way to Redis.
+/// The gateway's one connection for commands, shared by every caller and
+/// made again when it breaks; cheap to clone, and each clone sends on it
+/// ([`ConnectionLike`]).
+#[derive(Clone, Debug)]
+pub struct SharedConnection(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    redis: Redis,
+    /// The connection of the moment; `None` until made, and after it broke.
+    current: tokio::sync::Mutex<Option<Current>>,
+    /// How many connections were made: each one's number is its generation.
+    made: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Current {
+    connection: Connection,
+    generation: u64,
+}
+
+impl SharedConnection {
+    /// The shared connection to `redis`; nothing is connected yet.
+    pub fn new(redis: Redis) -> Self {
+        Self(Arc::new(Shared { redis, current: tokio::sync::Mutex::default(), made: AtomicU64::new(0) }))
+    }
+
+    /// The connection, made first when there is none, and its generation
+    /// (a caller that prepares a connection, say by loading scripts, knows
+    /// by it when a new one replaced it). Callers that arrive while it is
+    /// being made wait for it rather than make their own.
     ///
     /// # Errors
-    /// When the pool cannot be built.
-    pub fn pool(&self) -> Result<Pool, RunError> {
-        let manager = Manager { redis: self.clone(), pings: AtomicU64::new(0) };
-        Ok(Pool::builder(manager).runtime(deadpool::Runtime::Tokio1).build()?)
+    /// When it cannot be made: no master named, no node answering.
+    pub async fn current(&self) -> RedisResult<(Connection, u64)> {
+        let mut current = self.0.current.lock().await;
+        if let Some(current) = current.as_ref() {
+            return Ok((current.connection.clone(), current.generation));
+        }
+        let config =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(TIMEOUT)).set_response_timeout(Some(TIMEOUT));
+        let connection = self.0.redis.connect(&config).await?;
+        let generation = self.0.made.fetch_add(1, Ordering::Relaxed) + 1;
+        *current = Some(Current { connection: connection.clone(), generation });
+        Ok((connection, generation))
+    }
+
+    /// After a command on connection `generation` failed with `error`: a
+    /// broken connection (I/O error, timeout, dropped) is let go, and the
+    /// next command makes a new one (on the master of the moment); a
+    /// command error (a wrong type, say) leaves it as it is.
+    pub async fn failed(&self, generation: u64, error: &RedisError) {
+        let broken = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error();
+        if !broken {
+            return;
+        }
+        let mut current = self.0.current.lock().await;
+        if current.as_ref().is_some_and(|current| current.generation == generation) {
+            *current = None;
+        }
     }
 }
 
-/// Makes and checks the [`Pool`]'s connections.
-#[derive(Debug)]
-pub struct Manager {
-    redis: Redis,
-    pings: AtomicU64,
-}
-
-impl managed::Manager for Manager {
-    type Type = Connection;
-    type Error = RedisError;
-
-    async fn create(&self) -> RedisResult<Connection> {
-        self.redis.pooled().await
+impl ConnectionLike for SharedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let (mut connection, generation) = self.current().await?;
+            let result = connection.req_packed_command(cmd).await;
+            if let Err(error) = &result {
+                self.failed(generation, error).await;
+            }
+            result
+        })
     }
 
-    /// A connection goes back into use only if it still answers: one that
-    /// broke with its node is dropped, and the next is made on the master.
-    /// (A cluster's answers when every master does, and mends itself.)
-    async fn recycle(&self, connection: &mut Connection, _: &Metrics) -> RecycleResult<RedisError> {
-        let token = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
-        let echoed: String = redis::cmd("PING").arg(&token).query_async(connection).await?;
-        if echoed == token { Ok(()) } else { Err(RecycleError::message("PING answered with another value")) }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let (mut connection, generation) = self.current().await?;
+            let result = connection.req_packed_commands(pipeline, offset, count).await;
+            if let Err(error) = &result {
+                self.failed(generation, error).await;
+            }
+            result
+        })
+    }
+
+    /// Not known before the first connection, and not used by Warren: every
+    /// command goes to the URL's database (a cluster's 0).
+    fn get_db(&self) -> i64 {
+        0
     }
 }
 
@@ -393,8 +441,7 @@ fn cluster_builder(
         .iter()
         .map(|address| Ok(info.clone().set_addr(node_addr(address, tls)?)))
         .collect::<Result<Vec<_>, RunError>>()?;
-    let mut builder =
-        ClusterClientBuilder::new(seeds).connection_timeout(CLUSTER_TIMEOUT).response_timeout(CLUSTER_TIMEOUT);
+    let mut builder = ClusterClientBuilder::new(seeds).connection_timeout(TIMEOUT).response_timeout(TIMEOUT);
     if let Some(certificates) = certificates {
         builder = builder.certs(certificates);
     }
@@ -440,7 +487,6 @@ mod tests {
     fn plain_urls_make_plain_clients() {
         let redis = Redis::open(&Target::node("redis://127.0.0.1:6379"), &Files::default()).expect("a plain URL");
         assert!(matches!(addr_of(&redis), ConnectionAddr::Tcp(..)));
-        assert!(redis.pool().is_ok());
     }
 
     #[test]

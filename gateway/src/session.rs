@@ -22,6 +22,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderMap;
 use rand::Rng;
 use redis::AsyncCommands;
+
+use crate::redis_client::SharedConnection;
 use serde::{Deserialize, Serialize};
 
 pub use self::signing::{Signer, is_cookie_name};
@@ -58,12 +60,6 @@ pub enum SessionError {
     /// Redis could not be asked.
     #[error("session store unavailable: {0}")]
     Store(String),
-}
-
-impl From<crate::redis_client::PoolError> for SessionError {
-    fn from(error: crate::redis_client::PoolError) -> Self {
-        Self::Store(error.to_string())
-    }
 }
 
 impl From<redis::RedisError> for SessionError {
@@ -191,7 +187,7 @@ fn root_path() -> String {
 /// The session store: Redis plus the cookie rules.
 #[derive(Debug, Clone)]
 pub struct SessionStore {
-    pool: crate::redis_client::Pool,
+    redis: SharedConnection,
     signer: Signer,
     max_age: Duration,
     secure: bool,
@@ -199,10 +195,10 @@ pub struct SessionStore {
 }
 
 impl SessionStore {
-    /// A store on `pool`, signing with `signer`, whose cookie is
+    /// A store on `redis`, signing with `signer`, whose cookie is
     /// [`DEFAULT_COOKIE_NAME`].
-    pub fn new(pool: crate::redis_client::Pool, signer: Signer, max_age: Duration, secure: bool) -> Self {
-        Self { pool, signer, max_age, secure, cookie_name: DEFAULT_COOKIE_NAME.into() }
+    pub fn new(redis: SharedConnection, signer: Signer, max_age: Duration, secure: bool) -> Self {
+        Self { redis, signer, max_age, secure, cookie_name: DEFAULT_COOKIE_NAME.into() }
     }
 
     /// The same store with its cookie named `name` (an
@@ -242,7 +238,7 @@ impl SessionStore {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Session, SessionError> {
         let id = self.id_from_headers(headers)?;
         let raw: Option<String> = timed("get", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             Ok(redis.get(id.key()).await?)
         })
         .await?;
@@ -287,8 +283,7 @@ impl SessionStore {
         // lifetime.
         let until = unix_millis(SystemTime::now()) + REGENERATE_GRACE.as_millis() as u64;
         timed("expire", async {
-            let redis = self.pool.get().await?;
-            let (mut first, mut second) = ((*redis).clone(), (*redis).clone());
+            let (mut first, mut second) = (self.redis.clone(), self.redis.clone());
             let expire = redis::cmd("EXPIRE").arg(old.id.key()).arg(grace).clone();
             let index = redis::cmd("ZADD").arg(user_index_key(&old.user)).arg("XX").arg(until).arg(&old.id.0).clone();
             tokio::try_join!(expire.exec_async(&mut first), index.exec_async(&mut second))?;
@@ -305,7 +300,7 @@ impl SessionStore {
     /// `Store` when Redis fails.
     pub async fn log_out(&self, session: &Session) -> Result<(), SessionError> {
         timed("logout", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             // Deleted before it is announced: a gateway that hears it and
             // asks finds the login gone.
             let _: u64 = redis.del(&[session.id.key(), session.login.key()]).await?;
@@ -324,11 +319,11 @@ impl SessionStore {
             return Ok(Vec::new());
         }
         timed("exists", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             // One MGET rather than an EXISTS each: redis-rs splits it by
             // slot on a cluster, where a pipeline must keep to one.
             let keys: Vec<String> = logins.iter().map(LoginId::key).collect();
-            let found: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut *redis).await?;
+            let found: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
             Ok(found.iter().map(Option::is_some).collect())
         })
         .await
@@ -337,14 +332,14 @@ impl SessionStore {
     /// Makes sure a login's key exists (for sessions made elsewhere).
     async fn mark_login(&self, login: &LoginId) -> Result<(), SessionError> {
         timed("set", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             let _: () = redis::cmd("SET")
                 .arg(login.key())
                 .arg(1)
                 .arg("EX")
                 .arg(self.max_age.as_secs().max(1))
                 .arg("NX")
-                .query_async(&mut *redis)
+                .query_async(&mut redis)
                 .await?;
             Ok(())
         })
@@ -357,7 +352,7 @@ impl SessionStore {
     /// `Store` when Redis fails.
     pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
         timed("del", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             let _: u64 = redis.del(id.key()).await?;
             Ok(())
         })
@@ -371,10 +366,9 @@ impl SessionStore {
         let index = user_index_key(&session.user);
         let now = unix_millis(SystemTime::now());
         timed("set", async {
-            let redis = self.pool.get().await?;
             // A pipeline per key, sent together: on a cluster each key may
             // live on another node.
-            let (mut record, mut login, mut user) = ((*redis).clone(), (*redis).clone(), (*redis).clone());
+            let (mut record, mut login, mut user) = (self.redis.clone(), self.redis.clone(), self.redis.clone());
             let set_record = redis::pipe().set_ex(session.id.key(), json, ttl).clone();
             let set_login = redis::pipe().set_ex(session.login.key(), 1, ttl).clone();
             let index_session = redis::pipe()
@@ -403,13 +397,13 @@ impl SessionStore {
     pub async fn end_sessions_of(&self, user: &UserName) -> Result<usize, SessionError> {
         let index = user_index_key(user);
         timed("end_sessions", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             let ids: Vec<String> = redis.zrange(&index, 0, -1).await?;
             let keys: Vec<String> = ids.iter().map(|id| format!("{KEY_PREFIX}{id}")).collect();
             let records: Vec<Option<String>> = if keys.is_empty() {
                 Vec::new()
             } else {
-                redis::cmd("MGET").arg(&keys).query_async(&mut *redis).await?
+                redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?
             };
             let logins: HashSet<LoginId> = records
                 .iter()
@@ -427,7 +421,7 @@ impl SessionStore {
                 announcements.publish(LOGOUT_CHANNEL, login.as_str()).ignore();
             }
             if !logins.is_empty() {
-                announcements.exec_async(&mut *redis).await?;
+                announcements.exec_async(&mut redis).await?;
             }
             Ok(logins.len())
         })
@@ -441,7 +435,7 @@ impl SessionStore {
     /// `Store` when Redis fails.
     pub async fn announce_disconnect(&self, user: &UserName) -> Result<(), SessionError> {
         timed("publish", async {
-            let mut redis = self.pool.get().await?;
+            let mut redis = self.redis.clone();
             let _: u64 = redis.publish(DISCONNECT_CHANNEL, user.as_str()).await?;
             Ok(())
         })
@@ -473,8 +467,8 @@ impl SessionStore {
 
     /// Whether Redis answers (readiness).
     pub async fn ping(&self) -> Result<(), SessionError> {
-        let mut redis = self.pool.get().await?;
-        let _: String = redis::cmd("PING").query_async(&mut *redis).await?;
+        let mut redis = self.redis.clone();
+        let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         Ok(())
     }
 }
@@ -529,10 +523,9 @@ mod tests {
     fn the_cookie_name_is_configurable_and_exact() {
         let target = crate::redis_client::Target::node("redis://127.0.0.1:1");
         let redis = crate::redis_client::Redis::open(&target, &platform::tls::Files::default()).expect("url");
-        let pool = redis.pool().expect("a pool (never used)");
         let signer = Signer::new("secret");
-        let store =
-            SessionStore::new(pool, signer.clone(), Duration::from_secs(60), false).with_cookie_name("JSESSIONID");
+        let store = SessionStore::new(SharedConnection::new(redis), signer.clone(), Duration::from_secs(60), false)
+            .with_cookie_name("JSESSIONID");
         let id = SessionId::generate();
         let value = signer.cookie_value(&id);
         let with = |cookie: String| {
@@ -552,7 +545,7 @@ mod tests {
             }
             assert!(!attributes.contains(&"Secure"), "not Secure without TLS: {set}");
         }
-        let secure = SessionStore::new(store.pool.clone(), signer, Duration::from_secs(60), true);
+        let secure = SessionStore::new(store.redis.clone(), signer, Duration::from_secs(60), true);
         assert!(
             secure.set_cookie(&id).split("; ").any(|a| a == "Secure") && secure.clear_cookie().contains("; Secure")
         );

@@ -27,6 +27,7 @@ use futures_util::stream::BoxStream;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use rand::RngCore;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Handler, Shared};
@@ -83,9 +84,9 @@ pub async fn open(
             return Err(error);
         }
     };
-    let delivered = Arc::new(AtomicBool::new(false));
-    let body = events(handler.mailbox.clone(), delivered.clone());
-    let stream = Stream { handler, inbox, relay, channel, delivered, abort };
+    let ending = Arc::new(Ending::default());
+    let body = events(handler.mailbox.clone(), ending.clone());
+    let stream = Stream { handler, inbox, relay, channel, ending, abort };
     let tracker = stream.handler.shared.tracker.clone();
     tracker.spawn(stream.run());
     Ok(body)
@@ -97,9 +98,40 @@ struct Stream {
     inbox: Arc<relay::Inbox>,
     relay: Arc<Relay>,
     channel: String,
-    /// Whether the last event went out.
-    delivered: Arc<AtomicBool>,
+    ending: Arc<Ending>,
     abort: CancellationToken,
+}
+
+/// How far a stream's end has come, between its task and its body.
+#[derive(Debug, Default)]
+struct Ending {
+    /// Its channel is unsubscribed: a POST to it now finds no gateway
+    /// (404), so the close event, which tells the client so, may go.
+    released: AtomicBool,
+    release: Notify,
+    /// The last event went out.
+    delivered: AtomicBool,
+}
+
+impl Ending {
+    fn release(&self) {
+        self.released.store(true, Ordering::Release);
+        self.release.notify_waiters();
+    }
+
+    /// Until [`Self::release`], at most [`CLOSE_TIMEOUT`].
+    async fn released(&self) {
+        let wait = async {
+            loop {
+                let notified = self.release.notified();
+                if self.released.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+    }
 }
 
 impl Stream {
@@ -119,13 +151,14 @@ impl Stream {
                 break reason;
             }
         };
-        self.relay.close(&self.channel);
+        self.relay.close(&self.channel).await;
+        self.ending.release();
         self.handler.finish(reason);
         metrics::socket_closed(reason.label(), reason.code);
         tracing::info!(socket = self.handler.id, sse = true, code = reason.code, reason = reason.text, "socket closed");
         drop(self.handler);
         tokio::time::sleep(CLOSE_TIMEOUT).await;
-        if !self.delivered.load(Ordering::Relaxed) {
+        if !self.ending.delivered.load(Ordering::Relaxed) {
             self.abort.cancel();
         }
     }
@@ -133,17 +166,19 @@ impl Stream {
 
 /// The stream's events: what its mailbox is sent, as `data:` lines (many
 /// at once when many are queued), pings as comment lines, and the close as
-/// the last event. A client that is taken away (its connection dropped)
-/// closes the mailbox, so the stream's task ends too.
-fn events(mailbox: Mailbox, delivered: Arc<AtomicBool>) -> EventStream {
+/// the last event, once the stream's channel is released. A client that is
+/// taken away (its connection dropped) closes the mailbox, so the stream's
+/// task ends too.
+fn events(mailbox: Mailbox, ending: Arc<Ending>) -> EventStream {
     let state = Some(Guard(mailbox));
     let events = futures_util::stream::unfold(state, move |state| {
-        let delivered = delivered.clone();
+        let ending = ending.clone();
         async move {
             let guard = state?;
             let chunk = next_chunk(&guard.0).await;
             if let Chunk::Last(_) = chunk {
-                delivered.store(true, Ordering::Relaxed);
+                ending.released().await;
+                ending.delivered.store(true, Ordering::Relaxed);
             }
             match chunk {
                 Chunk::Events(bytes) => Some((Ok(Frame::data(bytes)), Some(guard))),

@@ -168,18 +168,19 @@ impl Subscriptions {
         subscribed
     }
 
-    /// Forgets `channel` (unsubscribing in the background: nothing waits).
-    pub fn unsubscribe(&self, channel: &str) {
+    /// Forgets `channel` and unsubscribes from it, until Redis confirms
+    /// (while reconnecting, forgetting it is enough: it is not subscribed
+    /// again). A failure is only logged: the connection breaks with it.
+    pub async fn unsubscribe(&self, channel: &str) {
         let (sink, reach) = {
             let mut inner = self.lock();
             let reach = inner.channels.remove(channel);
             (inner.sink.clone(), reach)
         };
-        if let (Some(mut sink), Some(reach)) = (sink, reach) {
-            let channel = channel.to_owned();
-            tokio::spawn(async move {
-                let _ = sink.unsubscribe(&channel, reach).await;
-            });
+        if let (Some(mut sink), Some(reach)) = (sink, reach)
+            && let Err(error) = sink.unsubscribe(channel, reach).await
+        {
+            tracing::debug!(%error, channel, "unsubscribe failed");
         }
     }
 

@@ -395,8 +395,8 @@ fn decoded(value: &str) -> String {
 fn offline_store(signer: Signer) -> SessionStore {
     let target = gateway::redis_client::Target::node("redis://127.0.0.1:1");
     let redis = gateway::redis_client::Redis::open(&target, &platform::tls::Files::default()).expect("a plain URL");
-    let pool = redis.pool().expect("a pool is created without connecting");
-    SessionStore::new(pool, signer, Duration::from_secs(60), false)
+    let redis = gateway::redis_client::SharedConnection::new(redis); // connects at its first command
+    SessionStore::new(redis, signer, Duration::from_secs(60), false)
 }
 
 proptest! {

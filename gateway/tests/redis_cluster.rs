@@ -2,7 +2,8 @@
 //! it. Sessions spread over the masters, presence keeps to one slot, an
 //! event stream's posts find it through a sharded channel, and logouts and
 //! presence changes (plain channels) reach every gateway. Real
-//! `redis-server`s: three masters sharing the 16,384 slots.
+//! `redis-server`s: three masters sharing the 16,384 slots (and, for the
+//! failover, a replica each).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +20,8 @@ use tokio::time::{Instant, sleep};
 
 /// How long presence may take to show a change on another gateway.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long the gateways may take to follow a failover.
+const FOLLOW: Duration = Duration::from_secs(20);
 
 async fn logged_in(addr: SocketAddr, user: &str) -> anyhow::Result<(Client, String)> {
     let mut client = Client::new(addr);
@@ -118,5 +121,67 @@ async fn sessions_presence_streams_and_logouts_work_on_a_cluster() -> anyhow::Re
     let out = dan_http.request(http::Method::POST, "/logout", None).await?;
     assert!(out.status.is_redirection() || out.status.is_success(), "logout: {}", out.status);
     assert_eq!(dan.closed_with().await?, (1008, "session ended".to_owned()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_failover_keeps_sessions_presence_and_chat() -> anyhow::Result<()> {
+    let mut cluster = RedisCluster::start_with_replicas().await?;
+    let extras = Extras { redis_url: Some(cluster.url()), gateway_env: cluster.gateway_env(), ..Extras::default() };
+    let stack = Stack::start_with(Shape { bridges: 1, gateways: 2, haproxy: false }, extras).await?;
+    let (left, right) = (stack.gateways[0].addr, stack.gateways[1].addr);
+    let room = testkit::unique("failover");
+    let (ann_name, bob_name) = (testkit::unique("ann"), testkit::unique("bob"));
+    let (_, ann_cookies) = logged_in(left, &ann_name).await?;
+    let (_, bob_cookies) = logged_in(right, &bob_name).await?;
+    let mut ann = socket(left, &ann_cookies).await?;
+    let mut bob = socket(right, &bob_cookies).await?;
+    ann.join(&room, None).await?;
+    bob.join(&room, None).await?;
+
+    // The master of presence's slot crashes: its scripts, its counter and
+    // the gateways' subscriptions all move to the promoted replica. What a
+    // master wrote is on its replica first (replication is asynchronous).
+    let presence = "warren:{presence}:seq";
+    let old = cluster.master_of(presence).await?;
+    for port in cluster.ports().into_iter().take(3) {
+        let _: i64 = testkit::redis_cluster::ask(port, redis::cmd("WAIT").arg(1).arg(5000)).await?;
+    }
+    let new = cluster.fail_over(old, presence).await?;
+    assert_ne!(new, old, "the replica took over");
+
+    // Sessions survive: the old cookies open sockets, on the other gateway too.
+    let mut ann_again = ws::connect_retrying(right, &ann_cookies, FOLLOW).await?;
+    ann_again.join(&room, None).await?;
+    let mut bob_again = ws::connect_retrying(left, &bob_cookies, FOLLOW).await?;
+    bob_again.join(&room, None).await?;
+
+    // Presence, as the new master holds it: both users, once each.
+    let mut want = vec![ann_name.clone(), bob_name.clone()];
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = members(&mut bob_again, &room).await?;
+        if seen == want {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "presence after the failover: {seen:?}, want {want:?}");
+        sleep(Duration::from_millis(300)).await;
+    }
+    // A leave is announced again (the scripts run on the promoted replica).
+    bob_again.send(&json!({"type":"leave","room":room})).await?;
+    bob.send(&json!({"type":"leave","room":room})).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while members(&mut ann_again, &room).await? != vec![ann_name.clone()] {
+        anyhow::ensure!(Instant::now() < deadline, "bob's leave seen after the failover");
+        sleep(Duration::from_millis(300)).await;
+    }
+
+    // Chat goes on, and a login now is written to the cluster as it is.
+    let id = ann_again.send_message(&room, "after the failover", "f-1").await?;
+    let seen = ann.messages_until(&room, id).await?;
+    assert_eq!(seen.last().context("the message")?["text"], "after the failover");
+    let (_, carol_cookies) = logged_in(left, &testkit::unique("carol")).await?;
+    ws::connect_retrying(right, &carol_cookies, FOLLOW).await?;
     Ok(())
 }

@@ -18,21 +18,9 @@ use tokio::time::{Instant, sleep};
 /// How long the gateways may take to find the new master.
 const FOLLOW: Duration = Duration::from_secs(20);
 
-/// Opens a socket on `addr` with `cookie`, retrying the answers a client
-/// retries (503 while Redis is away); any other refusal is an error.
+/// Opens a socket on `addr` with the session cookie `cookie` (its value).
 async fn open_retrying(addr: SocketAddr, cookie: &str) -> anyhow::Result<Socket> {
-    let deadline = Instant::now() + FOLLOW;
-    loop {
-        match ws::connect(addr, Some(cookie), None).await {
-            Ok(mut socket) => {
-                let welcome = socket.next_json().await?;
-                anyhow::ensure!(welcome["type"] == "welcome", "first frame is welcome: {welcome}");
-                return Ok(socket);
-            }
-            Err(ws::Refused::Status(503)) if Instant::now() < deadline => sleep(Duration::from_millis(200)).await,
-            Err(refused) => anyhow::bail!("the socket was refused: {refused:?}"),
-        }
-    }
+    ws::connect_retrying(addr, &format!("{}={cookie}", testkit::http::DEFAULT_COOKIE_NAME), FOLLOW).await
 }
 
 async fn members(socket: &mut Socket, room: &str) -> anyhow::Result<Vec<String>> {

@@ -83,6 +83,30 @@ pub async fn connect(addr: SocketAddr, cookie: Option<&str>, origin: Option<&str
     connect_with_cookies(addr, header.as_deref(), origin).await
 }
 
+/// Opens `/ws` at `addr` with a whole `Cookie` header and reads its
+/// `welcome`, retrying for up to `patience` the answer a client retries
+/// (503: the gateway cannot reach Redis, during a failover say); any other
+/// refusal is an error.
+///
+/// # Errors
+/// Another refusal, 503 for longer than `patience`, or no `welcome`.
+pub async fn connect_retrying(addr: SocketAddr, cookies: &str, patience: Duration) -> anyhow::Result<Socket> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match connect_with_cookies(addr, Some(cookies), None).await {
+            Ok(mut socket) => {
+                let welcome = socket.next_json().await?;
+                anyhow::ensure!(welcome["type"] == "welcome", "first frame is welcome: {welcome}");
+                return Ok(socket);
+            }
+            Err(Refused::Status(503)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(refused) => anyhow::bail!("the socket was refused: {refused:?}"),
+        }
+    }
+}
+
 /// Opens `/ws` at `addr` with an optional whole `Cookie` header
 /// (`name=value; ...`, e.g. [`crate::http::Client::cookie_header`]) and `Origin`.
 ///

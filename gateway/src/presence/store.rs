@@ -33,13 +33,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{CHANNEL, Presence};
 use crate::metrics;
-use crate::redis_client::{Connection, Redis};
+use crate::redis_client::{Connection, SharedConnection};
 
 /// Prefix of a room's presence hash.
 pub const ROOM_PREFIX: &str = "warren:{presence}:room:";
@@ -50,8 +50,6 @@ pub const REGISTRY: &str = "warren:{presence}:gateways";
 /// The change counter.
 pub const SEQ: &str = "warren:{presence}:seq";
 
-/// How long one Redis call may take.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most operations sent in one pipeline.
 const BATCH: usize = 256;
 /// Entries removed per script call when a gateway is reaped (keeps each
@@ -226,43 +224,53 @@ fn snapshot(value: Value) -> Option<Snapshot> {
 
 // === impl Link ===
 
-/// One lazily opened connection, dropped on any failure and opened again
-/// on the next call.
+/// A task's use of the gateway's shared connection: the scripts loaded on
+/// it once per connection (after a restart or a failover the server knows
+/// none), and again after any failure.
 #[derive(Debug)]
 pub struct Link {
-    redis: Redis,
-    connection: Option<Connection>,
+    shared: SharedConnection,
+    /// The generation of the connection the scripts were loaded on.
+    loaded: Option<u64>,
 }
 
 impl Link {
-    /// A link to the master of `redis`; nothing is opened yet.
-    pub fn new(redis: Redis) -> Self {
-        Self { redis, connection: None }
+    /// A link on `shared`; nothing is loaded yet.
+    pub fn new(shared: SharedConnection) -> Self {
+        Self { shared, loaded: None }
     }
 
-    async fn connection(&mut self) -> RedisResult<&mut Connection> {
-        if self.connection.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(REDIS_TIMEOUT))
-                .set_response_timeout(Some(REDIS_TIMEOUT));
-            let mut connection = self.redis.connect(&config).await?;
-            // After a restart or a failover the server knows no script.
+    async fn connection(&mut self) -> RedisResult<(Connection, u64)> {
+        let (mut connection, generation) = self.shared.current().await?;
+        if self.loaded != Some(generation) {
             for script in scripts() {
-                script.load_async(&mut connection).await?;
+                if let Err(error) = script.load_async(&mut connection).await {
+                    self.shared.failed(generation, &error).await;
+                    return Err(error);
+                }
             }
-            self.connection = Some(connection);
+            self.loaded = Some(generation);
         }
-        self.connection.as_mut().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))
+        Ok((connection, generation))
+    }
+
+    /// After a failure: the connection is let go if it broke, and the
+    /// scripts are loaded again before the next call (a `NOSCRIPT` from a
+    /// promoted replica is a failure too).
+    async fn failed(&mut self, generation: u64, error: &redis::RedisError) {
+        self.loaded = None;
+        self.shared.failed(generation, error).await;
     }
 
     /// Runs one command.
     ///
     /// # Errors
-    /// Any Redis or connection error (the connection is dropped then).
+    /// Any Redis or connection error.
     pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
-        let result = cmd.query_async(self.connection().await?).await;
-        if result.is_err() {
-            self.connection = None;
+        let (mut connection, generation) = self.connection().await?;
+        let result = cmd.query_async(&mut connection).await;
+        if let Err(error) = &result {
+            self.failed(generation, error).await;
         }
         result
     }
@@ -270,14 +278,15 @@ impl Link {
     /// Runs a pipeline; one value per command.
     ///
     /// # Errors
-    /// Any Redis or connection error (the connection is dropped then).
+    /// Any Redis or connection error.
     pub async fn pipeline(&mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
         if pipe.is_empty() {
             return Ok(Vec::new());
         }
-        let result = pipe.query_async(self.connection().await?).await;
-        if result.is_err() {
-            self.connection = None;
+        let (mut connection, generation) = self.connection().await?;
+        let result = pipe.query_async(&mut connection).await;
+        if let Err(error) = &result {
+            self.failed(generation, error).await;
         }
         result
     }
@@ -312,7 +321,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer for `presence`'s entries, under `keys`.
-    pub fn new(presence: Arc<Presence>, keys: Keys, redis: Redis, ttl: Duration) -> Self {
+    pub fn new(presence: Arc<Presence>, keys: Keys, redis: SharedConnection, ttl: Duration) -> Self {
         Self { presence, keys, link: Link::new(redis), ttl, stale: true }
     }
 
@@ -472,7 +481,7 @@ async fn reap(link: &mut Link, keys: &Keys) -> RedisResult<u64> {
 
 /// Every `every` until `token`, finds gateways whose heartbeat expired and
 /// removes their entries. Every gateway sweeps; the scripts make it safe.
-pub async fn sweep(redis: Redis, own: Arc<str>, every: Duration, token: CancellationToken) {
+pub async fn sweep(redis: SharedConnection, own: Arc<str>, every: Duration, token: CancellationToken) {
     let mut link = Link::new(redis);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

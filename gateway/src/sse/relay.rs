@@ -19,11 +19,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 
 use crate::mailbox::{CloseReason, Mailbox};
+use crate::redis_client::SharedConnection;
 use crate::subscriptions::{Listener, SubscribeError, Subscriptions};
 
 /// Frames posted to one stream and not yet acted on; a client that posts
 /// more without waiting for its answers is closed like a flooder.
 pub const INBOX_FRAMES: usize = 256;
+
+/// How long closing a stream waits for Redis to confirm its unsubscription.
+const UNSUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every stream's channel starts with.
 const CHANNEL_PREFIX: &str = "warren:sse:";
@@ -39,9 +43,6 @@ pub enum RelayError {
     /// Redis did not answer.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// No connection from the session pool.
-    #[error("redis pool: {0}")]
-    Pool(#[from] crate::redis_client::PoolError),
     /// The subscription is being re-established.
     #[error("the stream relay is reconnecting to Redis")]
     Reconnecting,
@@ -61,7 +62,7 @@ impl From<SubscribeError> for RelayError {
 #[derive(Debug)]
 pub struct Relay {
     subscriptions: Arc<Subscriptions>,
-    pool: crate::redis_client::Pool,
+    redis: SharedConnection,
     /// Each stream's inbox and mailbox, by channel.
     streams: Mutex<HashMap<String, Open>>,
 }
@@ -119,9 +120,9 @@ impl Inbox {
 
 impl Relay {
     /// A relay that subscribes through `subscriptions` (add it there as a
-    /// listener) and publishes through `pool`.
-    pub fn new(subscriptions: Arc<Subscriptions>, pool: crate::redis_client::Pool) -> Self {
-        Self { subscriptions, pool, streams: Mutex::default() }
+    /// listener) and publishes on `redis`.
+    pub fn new(subscriptions: Arc<Subscriptions>, redis: SharedConnection) -> Self {
+        Self { subscriptions, redis, streams: Mutex::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Open>> {
@@ -143,11 +144,13 @@ impl Relay {
         Ok(inbox)
     }
 
-    /// Forgets a stream and unsubscribes from its channel (in the
-    /// background: a stream that ended waits for nothing).
-    pub fn close(&self, channel: &str) {
+    /// Forgets a stream and unsubscribes from its channel; once this
+    /// returns, a post to the stream finds no gateway (unless Redis did not
+    /// confirm within [`UNSUBSCRIBE_WAIT`]: then it is dropped here, and
+    /// the subscription goes with the next reconnection).
+    pub async fn close(&self, channel: &str) {
         self.lock().remove(channel);
-        self.subscriptions.unsubscribe(channel);
+        let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, self.subscriptions.unsubscribe(channel)).await;
     }
 
     /// Posts a frame to a stream; `false` when no gateway holds it.
@@ -155,8 +158,8 @@ impl Relay {
     /// # Errors
     /// When Redis cannot be reached.
     pub async fn post(&self, channel: &str, frame: &str) -> Result<bool, RelayError> {
-        let mut connection = self.pool.get().await?;
-        let receivers: i64 = self.subscriptions.publish_to_one(channel, frame).query_async(&mut *connection).await?;
+        let mut connection = self.redis.clone();
+        let receivers: i64 = self.subscriptions.publish_to_one(channel, frame).query_async(&mut connection).await?;
         Ok(receivers > 0)
     }
 
