@@ -33,7 +33,7 @@ warren-load reads each measured process's CPU time (utime+stime from
 /proc/PID/stat) and RSS (/proc/PID/status) at the start and end of every run;
 the JSON summaries are kept in .run/bench/. Only the part of
 docs/benchmarks.md between the "bench:begin" and "bench:end" markers is
-rewritten; the notes around it are kept (scripts/bench_report.py renders it).
+rewritten; the notes around it are kept (`warren-load report` renders it).
 
 Usage: scripts/bench [--quick] [--slow-pair]
   --quick      tiny sizes: checks the script in a few minutes and writes
@@ -61,9 +61,6 @@ import shutil
 import subprocess
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_report  # noqa: E402  (scripts/ is not a package)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USAGE = "usage: scripts/bench [--quick] [--slow-pair]"
@@ -223,8 +220,16 @@ def main(argv):
                  "--rate", "50", "--duration", s["crowd_duration"])
 
     log(f"writing {out}")
-    machine = bench_report.machine(started)
-    bench_report.render(dir_, out, machine, " ".join(argv), pair_only)
+    # The machine's facts are read now, by the report, on the machine that ran the scenarios.
+    report = [os.path.join(bin_dir, "warren-load"), "report", "--dir", dir_, "--out", out,
+              "--started", started, "--bench-args=" + " ".join(argv)]
+    if pair_only:
+        report.append("--slow-pair")
+    if os.environ.get("BENCH_SLOW_RATE"):
+        report += ["--slow-rate", os.environ["BENCH_SLOW_RATE"]]
+    rc = subprocess.run(report, check=False).returncode
+    if rc != 0:
+        die(f"warren-load report failed (exit status {rc})")
     log(f"done: {out} (summaries in {dir_})")
     return 0
 

@@ -28,6 +28,8 @@
 //! - [`histogram`]: a lock-free latency histogram.
 //! - [`progress`]: the line per second.
 //! - [`summary`]: medians over runs.
+//! - [`report`]: `docs/benchmarks.md`'s tables from the summaries
+//!   `scripts/bench` kept (`warren-load report`).
 //! - [`cli`]: the command line of `warren-load`.
 //!
 //! Every run is bounded in count and time and talks to loopback addresses
@@ -43,6 +45,7 @@ pub mod histogram;
 pub mod idle;
 pub mod procs;
 pub mod progress;
+pub mod report;
 pub mod rooms;
 pub mod scrape;
 pub mod slow;

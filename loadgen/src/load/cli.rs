@@ -1,14 +1,17 @@
 //! The command line of `warren-load`: one subcommand per scenario, the
-//! target options they share, and the summary they print.
+//! target options they share, and the summary they print; and `report`,
+//! which turns the summaries `scripts/bench` kept into its report.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
-use anyhow::ensure;
+use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::load::procs::Watched;
+use crate::load::report::{self, Machine, Options, Summaries};
 use crate::load::target::{Target, TargetSpec};
 use crate::load::{crowd, drain, fanout, idle, rooms, storm};
 use crate::socket::Transport;
@@ -44,6 +47,10 @@ pub enum Scenario {
     /// Many members joining one room while publishers send into it:
     /// latency, missing messages, presence and `joined` per member.
     Crowd(CrowdArgs),
+    /// Not a scenario: `docs/benchmarks.md`'s tables from the summaries the
+    /// scenarios wrote (what `scripts/bench` runs last), and the facts of
+    /// this machine.
+    Report(ReportArgs),
 }
 
 /// Where the clients go, shared by every scenario.
@@ -321,6 +328,75 @@ pub struct CrowdArgs {
     direct: bool,
 }
 
+/// `report`. Every figure comes from the summaries; only the machine's
+/// facts and the first line are read at the time of the report, so it runs
+/// right after the scenarios on the same machine (or is given `--machine`).
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The scenarios' JSON summaries, as NAME.json (`scripts/bench`'s
+    /// BENCH_DIR).
+    #[arg(long, env = "LOAD_REPORT_DIR", default_value = ".run/bench")]
+    pub dir: PathBuf,
+    /// The file to write. Only its part between the `bench:begin` and
+    /// `bench:end` markers is replaced, so the notes around the tables stay;
+    /// without the markers it is rewritten whole, under a `# Benchmarks`
+    /// title. With --slow-pair it is overwritten by the pair's table alone.
+    #[arg(long, env = "LOAD_REPORT_OUT", default_value = "docs/benchmarks.md")]
+    pub out: PathBuf,
+    /// When the measurements began, for the "Measured ..." line (default:
+    /// now; `scripts/bench` gives the time before its first scenario).
+    #[arg(long, env = "LOAD_REPORT_STARTED")]
+    pub started: Option<String>,
+    /// `scripts/bench`'s own arguments as one string (`--quick`), so that the
+    /// report says which command measured it.
+    #[arg(long = "bench-args", env = "LOAD_REPORT_BENCH_ARGS", default_value = "", allow_hyphen_values = true)]
+    pub bench_args: String,
+    /// Only the slow-reader pair (fanout-steady and fanout-slow), as
+    /// `scripts/bench --slow-pair` measures it: a smaller report of its own.
+    #[arg(long, env = "LOAD_REPORT_SLOW_PAIR")]
+    pub slow_pair: bool,
+    /// The pair's rate, when it was set by hand (`scripts/bench`'s
+    /// BENCH_SLOW_RATE) rather than half the saturation rate: the text then
+    /// says so. The rate shown is the summaries'.
+    #[arg(long, env = "LOAD_REPORT_SLOW_RATE")]
+    pub slow_rate: Option<String>,
+    /// The machine's facts from this JSON file (the fields of
+    /// `report::Machine`) instead of this machine's: to render again
+    /// summaries that were measured elsewhere.
+    #[arg(long, env = "LOAD_REPORT_MACHINE")]
+    pub machine: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    /// Renders the report and writes it to `--out`.
+    ///
+    /// # Errors
+    /// When a summary is missing or lacks a figure, or a file cannot be read
+    /// or written.
+    pub fn write(&self) -> anyhow::Result<()> {
+        let summaries = Summaries::read(&self.dir, self.slow_pair)?;
+        let now = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let machine = match &self.machine {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let machine: Machine =
+                    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+                let started = self.started.clone().filter(|s| !s.is_empty()).unwrap_or(machine.started);
+                Machine { started: if started.is_empty() { now() } else { started }, ..machine }
+            }
+            None => Machine::read(&self.started.clone().unwrap_or_else(now)),
+        };
+        let options = Options {
+            args: self.bench_args.clone(),
+            slow_pair: self.slow_pair,
+            slow_rate_set: self.slow_rate.as_ref().is_some_and(|rate| !rate.is_empty()),
+        };
+        let section = report::render(&summaries, &machine, &options)
+            .with_context(|| format!("rendering the summaries in {}", self.dir.display()))?;
+        report::write(&self.out, &section, self.slow_pair)
+    }
+}
+
 /// Seconds as a plain number (`2`, `0.5`), or a duration (`500ms`, `1m`).
 fn parse_secs(value: &str) -> Result<Duration, String> {
     match value.parse::<f64>() {
@@ -398,6 +474,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             (&a.target, spec)
         }
         Scenario::Crowd(a) => (&a.target, TargetSpec { haproxy: !a.direct, ..a.target.spec(3) }),
+        Scenario::Report(_) => bail!("report runs no scenario: call ReportArgs::write"),
     };
     let runs = usize::from(target_args.runs);
     let loadavg_start = loadavg();
@@ -511,6 +588,7 @@ async fn dispatch(scenario: &Scenario, target: &mut Target, runs: usize) -> anyh
             };
             crowd::run(target, &params).await
         }
+        Scenario::Report(_) => bail!("report runs no scenario"),
     }
 }
 
@@ -564,5 +642,31 @@ mod tests {
         assert_eq!((crowd.members, crowd.publishers, crowd.rate), (1000, 10, 50.0));
         assert_eq!((crowd.join_within, crowd.duration), (Duration::from_millis(500), Duration::from_secs(30)));
         assert!(Args::try_parse_from(["warren-load", "crowd", "--join-within", "-1"]).is_err());
+    }
+
+    #[test]
+    fn parses_report() {
+        let args = Args::try_parse_from([
+            "warren-load",
+            "report",
+            "--dir",
+            "/tmp/bench",
+            "--bench-args",
+            "--quick --slow-pair",
+            "--slow-pair",
+            "--slow-rate",
+            "600",
+        ])
+        .expect("report");
+        let Scenario::Report(report) = args.scenario else { panic!("report") };
+        assert_eq!(report.dir, PathBuf::from("/tmp/bench"));
+        assert_eq!(report.out, PathBuf::from("docs/benchmarks.md"));
+        assert_eq!(report.bench_args, "--quick --slow-pair");
+        assert!(report.slow_pair);
+        assert_eq!(report.slow_rate.as_deref(), Some("600"));
+        assert_eq!((report.started, report.machine), (None, None));
+        let args = Args::try_parse_from(["warren-load", "report", "--bench-args="]).expect("no bench args");
+        let Scenario::Report(report) = args.scenario else { panic!("report") };
+        assert_eq!((report.bench_args.as_str(), report.slow_pair), ("", false));
     }
 }
