@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -104,13 +105,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         let abort = CancellationToken::new();
         let service = {
             let abort = abort.clone();
-            service_fn(move |request| {
+            service_fn(move |request| -> BoxFuture<'static, Result<Answer, Infallible>> {
                 let (app, abort) = (app.clone(), abort.clone());
-                // Boxed: hyper keeps room for one request's future for as
-                // long as the connection lives, idle or streaming; unboxed,
-                // that is the size of the largest route's state machine
-                // (kilobytes) for every kept-alive connection and stream.
-                async move { Ok::<_, Infallible>(Box::pin(app.answer(request, peer, abort)).await) }
+                // Boxed whole, request and all: hyper keeps room for one
+                // request's future (its allocation, not the future) for as
+                // long as the connection lives, idle or streaming. A box is
+                // a pointer; the future itself, with the request in it, is
+                // hundreds of bytes, and a route's state machine kilobytes.
+                Box::pin(async move { Ok(app.answer(request, peer, abort).await) })
             })
         };
         let connection = http1::Builder::new()

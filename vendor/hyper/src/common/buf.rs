@@ -24,6 +24,15 @@ impl<T: Buf> BufList<T> {
     pub(crate) fn bufs_cnt(&self) -> usize {
         self.bufs.len()
     }
+
+    /// Warren (see WARREN.md): gives the queue's allocation back while it
+    /// holds nothing.
+    #[inline]
+    pub(crate) fn release_when_empty(&mut self) {
+        if self.bufs.is_empty() && self.bufs.capacity() > 0 {
+            self.bufs = VecDeque::new();
+        }
+    }
 }
 
 impl<T: Buf> Buf for BufList<T> {

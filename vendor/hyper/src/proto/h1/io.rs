@@ -305,6 +305,9 @@ where
                 self.write_buf.advance(n);
                 debug!("flushed {} bytes", n);
                 if self.write_buf.remaining() == 0 {
+                    // Warren (see WARREN.md): an event stream's connection
+                    // is idle between chunks for as long as it lives.
+                    self.write_buf.queue.release_when_empty();
                     break;
                 } else if n == 0 {
                     trace!(
