@@ -91,12 +91,16 @@ impl Sink {
             (Self::Node(sink), _) => sink.subscribe(channels).await,
             (Self::Cluster(connection), Reach::Everyone) => connection.subscribe(channels).await,
             (Self::Cluster(connection), Reach::One) => {
-                // One at a time: redis-rs sends a sharded subscription to
-                // the node of its first channel's slot.
-                for channel in channels {
-                    connection.ssubscribe(channel).await?;
-                }
-                Ok(())
+                // One command per channel (redis-rs sends a sharded
+                // subscription to the node of its first channel's slot),
+                // all sent together on the multiplexed connection: after a
+                // reconnection a gateway holding thousands of streams does
+                // not wait a round trip for each.
+                let subscriptions = channels.iter().map(|channel| {
+                    let mut connection = connection.clone();
+                    async move { connection.ssubscribe(*channel).await }
+                });
+                futures_util::future::try_join_all(subscriptions).await.map(drop)
             }
         }
     }
