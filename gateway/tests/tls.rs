@@ -16,7 +16,8 @@ use http::StatusCode;
 use testkit::http::Client;
 use testkit::pki::Pki;
 use testkit::services::{NodeOptions, RabbitNode, RedisServer};
-use testkit::stack::{Extras, Shape, Stack, bin_dir, free_addr, wait_alive};
+use testkit::ports::free_addr;
+use testkit::stack::{Extras, Shape, Stack, bin_dir, wait_alive};
 use testkit::ws;
 
 /// How long a log line or a state may take to show.

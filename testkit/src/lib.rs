@@ -2,7 +2,7 @@
 //! HAProxy) against the real Redis and RabbitMQ named by `WARREN_REDIS_URL`
 //! and `WARREN_AMQP_URL`, and talks to them as a client would.
 //!
-//! - [`stack`]: processes on free loopback ports, killed on drop.
+//! - [`stack`]: processes on free loopback ports ([`ports`]), killed on drop.
 //! - [`http`]: a small HTTP/1.1 client with a cookie.
 //! - [`ws`]: a client speaking the JSON protocol, over a WebSocket or
 //!   ([`sse`]) an event stream and its POSTs.
@@ -21,6 +21,7 @@
 pub mod http;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod ports;
 pub mod rabbit_cluster;
 pub mod redis_cluster;
 pub mod sentinel;

@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
-use crate::services::{RedisServer, ScratchDir, free_port, kill_and_reap, redis_ping, spawn_logged, tail};
+use crate::ports::free_port;
+use crate::services::{RedisServer, ScratchDir, kill_and_reap, redis_ping, spawn_logged, tail};
 
 /// The master's name in the sentinels' configuration.
 pub const MASTER_NAME: &str = "warren";

@@ -17,7 +17,7 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +28,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
+
+use crate::ports::free_port;
 
 /// How long RabbitMQ may take to boot (about 9 s here, 2 shared cores).
 const RABBIT_BOOT: Duration = Duration::from_secs(60);
@@ -679,10 +681,6 @@ fn rabbit_bin_dir() -> anyhow::Result<PathBuf> {
 // === shared ===
 
 /// A free port on 127.0.0.1 (bound and released).
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Spawns `command` with stdout and stderr appended to `log`.
 pub(crate) fn spawn_logged(mut command: Command, log: &Path, name: &str) -> anyhow::Result<Child> {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;

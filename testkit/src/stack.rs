@@ -1,13 +1,15 @@
 //! Real Warren processes on free loopback ports: bridges, gateways and an
 //! HAProxy in front, each killed when its handle is dropped.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
+
+use crate::ports::free_addr;
 
 /// The session secret every test stack shares (the Node compat test too).
 pub const TEST_SECRET: &str = "warren-test-secret-0123456789abcdef";
@@ -42,14 +44,6 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/debug/deps/<test> -> target/debug
     exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
-}
-
-/// A free port on 127.0.0.1 (bound and released: good enough on loopback).
-///
-/// # Errors
-/// When no port can be bound.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// A running process, killed on drop.
