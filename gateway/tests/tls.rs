@@ -15,8 +15,8 @@ use anyhow::{Context, bail};
 use http::StatusCode;
 use testkit::http::Client;
 use testkit::pki::Pki;
-use testkit::services::{NodeOptions, RabbitNode, RedisServer};
 use testkit::ports::free_addr;
+use testkit::services::{NodeOptions, RabbitNode, RedisServer};
 use testkit::stack::{Extras, Shape, Stack, bin_dir, wait_alive};
 use testkit::ws;
 
