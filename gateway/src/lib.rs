@@ -14,8 +14,10 @@
 //! - [`subscriptions`]: the one pub/sub connection: logouts, presence changes, stream posts.
 //! - [`logins`]: logouts and expiries close their sockets on every gateway.
 //! - [`conn`]: one client's frames acted on, whatever carries them.
-//! - [`ws`]: the WebSocket transport: a socket's reader and writer.
+//! - [`takeover`]: a connection taken from hyper once its HTTP exchange is over.
+//! - [`ws`]: the WebSocket transport: a socket's reader.
 //! - [`sse`]: the Server-Sent Events transport, and its relay of posted frames.
+//! - [`writer`]: a socket's queue into its connection, for either transport.
 //! - [`wire`]: a byte-level guard that refuses unmasked client frames.
 //! - [`mailbox`]: a socket's outbound queue and close request.
 //! - [`sockets`]: the registry of open sockets and streams (what drains,
@@ -56,8 +58,10 @@ pub mod session;
 pub mod sockets;
 pub mod sse;
 pub mod subscriptions;
+pub mod takeover;
 pub mod upstream;
 pub mod wire;
+pub mod writer;
 pub mod ws;
 
 use std::sync::Arc;

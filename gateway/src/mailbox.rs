@@ -251,6 +251,11 @@ impl Mailbox {
         Duration::from_millis(millis_since_epoch().saturating_sub(self.inner.heard_ms.load(Ordering::Relaxed)))
     }
 
+    /// Why the socket was asked to close, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.close.get().copied()
+    }
+
     /// Whether the socket was asked to close.
     pub fn is_closing(&self) -> bool {
         self.inner.close.get().is_some()

@@ -27,7 +27,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
@@ -37,8 +38,8 @@ use crate::limits::RetryAfter;
 use crate::metrics;
 use crate::pages;
 use crate::session::{Session, SessionError, SessionStore, UserName};
-use crate::sse::{self, EventStream, Relay};
-use crate::ws::WebSocket;
+use crate::sse::{self, Relay};
+use crate::takeover::{Slot, Takeover};
 
 /// The largest form body `POST /login` reads.
 const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -50,8 +51,8 @@ const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self';
                         img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 type Reply = Response<Full<Bytes>>;
-/// What the public port answers: a whole body, or an event stream.
-type Answer = Response<Either<Full<Bytes>, EventStream>>;
+/// What the public port answers: a whole body, or an event stream's head.
+type Answer = Response<Either<Full<Bytes>, sse::HeadOnly>>;
 
 /// Everything a request handler needs.
 #[derive(Debug)]
@@ -83,8 +84,8 @@ impl std::fmt::Debug for Readiness {
 /// Accepts connections until `shutdown`, then lets requests in flight finish
 /// (at most `grace`). Sockets are not waited for here: they drain on their own.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken, grace: Duration) {
-    // Plain HTTP connections; sockets leave this set at upgrade and are
-    // tracked (and drained) by the socket handlers.
+    // Plain HTTP connections; sockets leave this set when they take their
+    // connection over, and are tracked (and drained) by the socket handlers.
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -99,67 +100,92 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        // Cancelled to drop this connection at once: an event stream whose
-        // client stopped reading cannot end it any other way.
-        let abort = CancellationToken::new();
-        let service = {
-            let abort = abort.clone();
-            service_fn(move |request| -> BoxFuture<'static, Result<Answer, Infallible>> {
-                let (app, abort) = (app.clone(), abort.clone());
-                // Boxed whole, request and all: hyper keeps room for one
-                // request's future (its allocation, not the future) for as
-                // long as the connection lives, idle or streaming. A box is
-                // a pointer; the future itself, with the request in it, is
-                // hundreds of bytes, and a route's state machine kilobytes.
-                Box::pin(async move { Ok(app.answer(request, peer, abort).await) })
-            })
-        };
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Not reading while a response is under way: hyper would keep an
-            // 8 KiB read buffer for each event stream only to notice a FIN;
-            // a stream's heartbeats find a gone client instead.
-            .half_close(true)
-            .header_read_timeout(HEADER_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = abort.cancelled() => Ok(()),
-                () = shutdown.cancelled() => {
-                    // Finish the request in flight, then close.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
+        connections.spawn(serve_connection(stream, peer, app.clone(), shutdown.clone()));
     }
     drop(listener);
     ops::shutdown::wait_tasks(&connections, grace).await;
 }
 
-impl App {
-    async fn answer(&self, request: Request<Incoming>, peer: SocketAddr, abort: CancellationToken) -> Answer {
-        if request.method() == Method::GET && request.uri().path() == "/sse" {
-            let span = tracing::info_span!("sse.open", %peer);
-            let opened = tracing::Instrument::instrument(self.open_stream(request.headers(), peer, abort), span);
-            return match opened.await {
-                Ok(stream) => stream.map(Either::Right),
-                Err(error) => error_reply("/sse", &error).map(Either::Left),
-            };
+/// Serves one connection's HTTP requests until it ends or a route takes it
+/// over ([`crate::takeover`]); at shutdown, finishes the request in flight
+/// and closes.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>, shutdown: CancellationToken) {
+    let takeover = Slot::default();
+    let service = {
+        let (app, takeover) = (app.clone(), takeover.clone());
+        service_fn(move |request| -> BoxFuture<'static, Result<Answer, Infallible>> {
+            let (app, takeover) = (app.clone(), takeover.clone());
+            // Boxed whole, request and all: hyper keeps room for one
+            // request's future (its allocation, not the future) for as long
+            // as the connection lives. A box is a pointer; the future itself,
+            // with the request in it, is hundreds of bytes, and a route's
+            // state machine kilobytes.
+            Box::pin(async move { Ok(app.answer(request, peer, &takeover).await) })
+        })
+    };
+    let mut connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Not reading while an answer is under way: a client may shut its
+        // write side after its request and still get the answer, and the
+        // wait takes no read buffer.
+        .half_close(true)
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    // Run without hyper's shutdown of the connection at its end: a
+    // connection taken over is the socket's to close.
+    let ended = tokio::select! {
+        ended = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => ended,
+        () = shutdown.cancelled() => {
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await
         }
-        self.handle(request, peer).await.map(Either::Left)
+    };
+    let parts = connection.into_parts();
+    match (ended, takeover.take()) {
+        (Ok(()), Some(takeover)) => takeover.start(parts.io.into_inner(), &parts.read_buf, &app.shared),
+        (Ok(()), None) => {
+            let _ = parts.io.into_inner().shutdown().await;
+        }
+        (Err(error), takeover) => {
+            if let Some(takeover) = takeover {
+                takeover.abandon(&app.shared);
+            }
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+impl App {
+    /// Answers one request; the routes that take their connection over
+    /// (a WebSocket, an event stream) leave it in `takeover`.
+    async fn answer(&self, request: Request<Incoming>, peer: SocketAddr, takeover: &Slot) -> Answer {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/ws") => {
+                let span = tracing::info_span!("ws.handshake", %peer);
+                match tracing::Instrument::instrument(self.upgrade(request, peer), span).await {
+                    Ok((reply, session)) => {
+                        takeover.set(Takeover::WebSocket(session));
+                        reply.map(Either::Left)
+                    }
+                    Err(error) => error_reply("/ws", &error).map(Either::Left),
+                }
+            }
+            (&Method::GET, "/sse") => {
+                let span = tracing::info_span!("sse.open", %peer);
+                match tracing::Instrument::instrument(self.open_stream(request.headers(), peer), span).await {
+                    Ok(stream) => {
+                        takeover.set(Takeover::EventStream(Box::new(stream)));
+                        stream_head().map(Either::Right)
+                    }
+                    Err(error) => error_reply("/sse", &error).map(Either::Left),
+                }
+            }
+            _ => self.handle(request).await.map(Either::Left),
+        }
     }
 
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Reply {
+    async fn handle(&self, request: Request<Incoming>) -> Reply {
         let route = (request.method().clone(), request.uri().path().to_owned());
         let result = match (&route.0, route.1.as_str()) {
             (&Method::GET, "/") => self.index(request.headers()).await,
@@ -167,10 +193,6 @@ impl App {
             (&Method::POST, "/login") => self.login(request).await,
             (&Method::POST, "/logout") => self.logout(request.headers()).await,
             (&Method::GET, "/session") => self.session(request.headers()).await,
-            (&Method::GET, "/ws") => {
-                let span = tracing::info_span!("ws.handshake", %peer);
-                tracing::Instrument::instrument(self.upgrade(request, peer), span).await
-            }
             (&Method::POST, "/sse") => self.post_to_stream(request).await,
             (&Method::GET, path) if path.starts_with("/assets/") => asset(&path["/assets/".len()..]),
             (&Method::GET, "/healthz") => Ok(plain(StatusCode::OK, "ok")),
@@ -246,41 +268,32 @@ impl App {
         Ok(reply)
     }
 
-    async fn upgrade(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Result<Reply, HttpError> {
+    /// `GET /ws`: the `101` and the session of the socket it opens (its
+    /// socket count taken).
+    async fn upgrade(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Result<(Reply, Session), HttpError> {
         if !fastwebsockets::upgrade::is_upgrade_request(&request) {
             return Err(HttpError::BadRequest("expected a WebSocket upgrade".to_owned()));
         }
         let session = self.admit(request.headers(), peer).await?;
-        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
-            Ok(upgrade) => upgrade,
+        // Only the `101` is used: the connection comes back from hyper
+        // whole (`crate::takeover`), not through hyper's upgrade.
+        let response = match fastwebsockets::upgrade::upgrade(&mut request) {
+            Ok((response, _)) => response,
             Err(error) => {
                 self.shared.limits.close_socket(session.user.as_str());
                 return Err(HttpError::BadRequest(format!("bad upgrade: {error}")));
             }
         };
-        self.shared.tracker.spawn(WebSocket::serve(upgrade, session, self.shared.clone()));
         let (parts, _) = response.into_parts();
-        Ok(Response::from_parts(parts, Full::default()))
+        Ok((Response::from_parts(parts, Full::default()), session))
     }
 
     /// `GET /sse`: admitted as a WebSocket is, then an event stream.
-    async fn open_stream(
-        &self,
-        headers: &HeaderMap,
-        peer: SocketAddr,
-        abort: CancellationToken,
-    ) -> Result<Response<EventStream>, HttpError> {
+    async fn open_stream(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<sse::Stream, HttpError> {
         let session = self.admit(headers, peer).await?;
         // On failure the stream was taken out of everything, its socket
         // count given back included (`conn::Handler::finish`).
-        let body = sse::open(session, self.shared.clone(), self.relay.clone(), abort).await?;
-        let mut response = Response::new(body);
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // Proxies that buffer responses (nginx) would hold events back.
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        Ok(response)
+        Ok(sse::open(session, self.shared.clone(), self.relay.clone()).await?)
     }
 
     /// `POST /sse?stream=<token>`: one client frame, published to the
@@ -405,6 +418,21 @@ impl App {
     fn set_cookie(&self, reply: &mut Reply, session: &Session) {
         append_cookie(reply, &self.sessions.set_cookie(&session.id));
     }
+}
+
+/// The head of an event stream: HTTP/1.0, so that its body is framed by
+/// the connection's close and hyper writes nothing after the head (see
+/// [`crate::sse`]).
+fn stream_head() -> Response<sse::HeadOnly> {
+    let mut response = Response::new(sse::head_only());
+    *response.version_mut() = http::Version::HTTP_10;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // Proxies that buffer responses (nginx) would hold events back.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 fn asset(name: &str) -> Result<Reply, HttpError> {

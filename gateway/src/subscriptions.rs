@@ -126,7 +126,7 @@ struct Inner {
     /// The live connection's command side; `None` while reconnecting.
     sink: Option<Sink>,
     /// Every channel to be subscribed to, fixed and of the moment.
-    channels: HashMap<String, Reach>,
+    channels: HashMap<Arc<str>, Reach>,
     listeners: Vec<Arc<dyn Listener>>,
 }
 
@@ -144,7 +144,7 @@ impl Subscriptions {
     /// gateway runs (more can come and go with [`Self::subscribe`]).
     pub fn add(&self, listener: Arc<dyn Listener>, channels: &[&str]) {
         let mut inner = self.lock();
-        inner.channels.extend(channels.iter().map(|&channel| (channel.to_owned(), Reach::Everyone)));
+        inner.channels.extend(channels.iter().map(|&channel| (Arc::from(channel), Reach::Everyone)));
         inner.listeners.push(listener);
     }
 
@@ -155,11 +155,11 @@ impl Subscriptions {
     /// # Errors
     /// When the connection is down or Redis refuses; the channel is not
     /// kept then.
-    pub async fn subscribe(&self, channel: &str) -> Result<(), SubscribeError> {
+    pub async fn subscribe(&self, channel: &Arc<str>) -> Result<(), SubscribeError> {
         let sink = {
             let mut inner = self.lock();
             // Kept before it is sent: a reconnection meanwhile subscribes it.
-            inner.channels.insert(channel.to_owned(), Reach::One);
+            inner.channels.insert(channel.clone(), Reach::One);
             inner.sink.clone()
         };
         let subscribed = match sink {
@@ -167,7 +167,7 @@ impl Subscriptions {
             None => Err(SubscribeError::Reconnecting),
         };
         if subscribed.is_err() {
-            self.lock().channels.remove(channel);
+            self.lock().channels.remove(&**channel);
         }
         subscribed
     }
@@ -236,7 +236,7 @@ impl Subscriptions {
         };
         for reach in [Reach::Everyone, Reach::One] {
             let of_reach: Vec<&str> =
-                channels.iter().filter(|(_, r)| **r == reach).map(|(channel, _)| channel.as_str()).collect();
+                channels.iter().filter(|(_, r)| **r == reach).map(|(channel, _)| &**channel).collect();
             if !of_reach.is_empty() {
                 sink.subscribe(&of_reach, reach).await?;
             }

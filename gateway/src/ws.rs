@@ -11,29 +11,24 @@
 //! Reading uses fastwebsockets' frame decoder. Writing does not: server
 //! frames are unmasked and trivial to frame (the header comes from
 //! fastwebsockets' `Frame::fmt_head`), and framing them ourselves lets the
-//! writer put everything queued into one buffer and one `write` call, instead
-//! of one system call per frame.
+//! [`crate::writer`] put everything queued into one buffer and one `write`
+//! call, instead of one system call per frame.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::upgrade::UpgradeFut;
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 
 use crate::conn::{Handler, Shared};
-use crate::mailbox::{CloseReason, Mailbox, Outbound, close};
+use crate::mailbox::{CloseReason, Outbound, close};
 use crate::metrics;
 use crate::protocol::FrameError;
 use crate::session::Session;
 use crate::wire::{self, RequireMask};
-
-/// The most bytes of queued frames one write takes.
-pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+use crate::writer::{Framing, Writer, write_loop};
 
 /// What the reader reads: bytes hyper read past the handshake, then the
 /// socket, checked for masking.
@@ -44,45 +39,29 @@ type ReadStream = RequireMask<tokio::io::Chain<std::io::Cursor<Bytes>, OwnedRead
 pub struct WebSocket;
 
 impl WebSocket {
-    /// Runs a socket from its upgrade to its end: welcome, then frames until
-    /// either side closes. The user's socket count was taken at the
-    /// handshake and is given back here.
+    /// Runs a socket from its `101` to its end: welcome, then frames until
+    /// either side closes. `early` is what hyper read past the handshake (a
+    /// client may pipeline its first frames). The user's socket count was
+    /// taken at the handshake and is given back at the end.
     ///
     /// The setup is a plain function, and the socket's life a task of its
     /// own: the future every open socket keeps for as long as it lives then
     /// holds what the socket needs and nothing of its setup (an async
     /// function keeps room for every local it ever held, moved or not).
-    pub async fn serve(upgrade: UpgradeFut, session: Session, shared: Shared) {
-        let upgraded = match upgrade.await {
-            Ok(ws) => ws.into_inner().into_inner(),
-            Err(error) => {
-                shared.limits.close_socket(session.user.as_str());
-                tracing::debug!(%error, "upgrade did not complete");
-                return;
-            }
-        };
-        if let Some(socket) = Self::open(upgraded, session, shared) {
-            let tracker = socket.handler.shared.tracker.clone();
-            tracker.spawn(socket.run());
-        }
+    pub fn start(stream: TcpStream, early: &[u8], session: Session, shared: Shared) {
+        let socket = Self::open(stream, early, session, shared);
+        let tracker = socket.handler.shared.tracker.clone();
+        tracker.spawn(socket.run());
     }
 
     /// Sets a socket up: its reader, its writer task, its place in the
-    /// registry, its welcome. `None` when the connection is not TCP.
-    fn open(upgraded: Upgraded, session: Session, shared: Shared) -> Option<Open> {
-        // The gateway serves plain TCP (TLS ends at the balancer), so the
-        // upgraded connection is a `TcpStream`: owned halves need no lock
-        // between the reader and the writer.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("an upgraded connection that is not TCP; closing it");
-            shared.limits.close_socket(session.user.as_str());
-            return None;
-        };
-        let (read, write) = parts.io.into_inner().into_split();
-        // Bytes hyper read past the handshake (a client may pipeline its
-        // first frames). Copied, because the slice keeps hyper's whole read
-        // buffer alive for as long as the socket lives.
-        let early = Bytes::copy_from_slice(&parts.read_buf);
+    /// registry, its welcome.
+    fn open(stream: TcpStream, early: &[u8], session: Session, shared: Shared) -> Open {
+        // Owned halves need no lock between the reader and the writer.
+        let (read, write) = stream.into_split();
+        // Copied, because the slice keeps hyper's whole read buffer alive for
+        // as long as the socket lives.
+        let early = Bytes::copy_from_slice(early);
         let read = RequireMask::new(std::io::Cursor::new(early).chain(read));
         let (mut read, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
         read.set_max_message_size(shared.limits.max_message_bytes);
@@ -93,8 +72,8 @@ impl WebSocket {
         read.release_read_buffer();
 
         let handler = Handler::open(session, shared, None);
-        let writer = handler.shared.tracker.spawn(write_loop(write, handler.mailbox.clone()));
-        Some(Open { handler, reader: FragmentCollectorRead::new(read), writer })
+        let writer = handler.shared.tracker.spawn(write_loop(Writer::<WsFrames>::new(write), handler.mailbox.clone()));
+        Open { handler, reader: FragmentCollectorRead::new(read), writer }
     }
 }
 
@@ -194,10 +173,9 @@ fn close_code(payload: &[u8]) -> u16 {
     }
 }
 
-/// How long the close frame may take to go out, and how long the peer then
-/// has to close its side; a peer that takes longer gets its connection
-/// dropped instead.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the peer has to close its side after the close frame; a peer
+/// that takes longer gets its connection dropped instead.
+const CLOSE_TIMEOUT: Duration = crate::writer::CLOSE_TIMEOUT;
 
 /// After the close frame went out (and, with the writer gone, a FIN), reads
 /// and discards whatever the client still sends until it closes too, for at
@@ -209,86 +187,25 @@ async fn linger(reader: FragmentCollectorRead<ReadStream>) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::copy(&mut raw, &mut tokio::io::sink())).await;
 }
 
-/// Writes the socket's queue into the socket, everything queued at once,
-/// until the socket is asked to close (then writes the close frame) or a
-/// write fails.
-///
-/// The frames go out through one buffer, kept from write to write so that a
-/// delivery allocates nothing, and given back after a burst grew it or when
-/// a ping round finds that nothing else was written since the last one, so
-/// that quiet sockets hold none. What only a closing socket needs (the close
-/// frame's timeout) is boxed: it would otherwise size every socket's writer.
-async fn write_loop(mut out: OwnedWriteHalf, mailbox: Mailbox) {
-    let mut batch = Vec::new();
-    // Whether anything but pings went out since the last ping.
-    let mut busy = false;
-    loop {
-        batch.clear();
-        tokio::select! {
-            biased;
-            reason = mailbox.closed() => {
-                frame_into(&mut batch, Frame::close(reason.code, reason.text.as_bytes()));
-                let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, out.write_all(&batch))).await;
-                return;
-            }
-            () = mailbox.queued() => {}
-        }
-        let mut pings = 0;
-        mailbox.take(BATCH_BYTES, |outbound| match outbound {
-            Outbound::Text(bytes) => frame_into(&mut batch, Frame::text(Payload::Borrowed(&bytes))),
-            Outbound::Pong(bytes) => frame_into(&mut batch, Frame::pong(Payload::Borrowed(&bytes))),
-            Outbound::Ping => {
-                pings += 1;
-                frame_into(&mut batch, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")));
-            }
-        });
-        if batch.is_empty() {
-            continue;
-        }
-        if !write_batch(&mut out, &batch, &mailbox).await {
-            return;
-        }
-        metrics::bytes_out(batch.len());
-        let only_pings = pings > 0 && batch.len() == pings * EMPTY_PING_BYTES;
-        if only_pings && !std::mem::take(&mut busy) {
-            batch = Vec::new();
-            mailbox.release_if_empty();
-        } else {
-            busy |= !only_pings;
-        }
-        if batch.capacity() > BATCH_BYTES {
-            batch = Vec::new();
+/// WebSocket frames, unmasked (a server's).
+pub(crate) struct WsFrames;
+
+impl Framing for WsFrames {
+    /// An empty ping frame: two header bytes.
+    const PING_BYTES: usize = 2;
+    const WRITES_ARE_HEARD: bool = false;
+
+    fn frame(batch: &mut Vec<u8>, outbound: Outbound) {
+        match outbound {
+            Outbound::Text(bytes) => frame_into(batch, Frame::text(Payload::Borrowed(&bytes))),
+            Outbound::Pong(bytes) => frame_into(batch, Frame::pong(Payload::Borrowed(&bytes))),
+            Outbound::Ping => frame_into(batch, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))),
         }
     }
-}
 
-/// An empty ping frame: two header bytes.
-const EMPTY_PING_BYTES: usize = 2;
-
-/// Writes `batch` whole; `false` when the socket is done: a write failed, or
-/// the socket must close and the peer did not take the rest within
-/// [`CLOSE_TIMEOUT`] (a peer that stopped reading; the frame is cut short,
-/// so no close frame can follow).
-async fn write_batch(out: &mut OwnedWriteHalf, batch: &[u8], mailbox: &Mailbox) -> bool {
-    let mut written = 0;
-    while written < batch.len() {
-        let wrote = tokio::select! {
-            biased;
-            wrote = out.write(&batch[written..]) => wrote,
-            _ = mailbox.closed() => {
-                let rest = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, out.write_all(&batch[written..]))).await;
-                return matches!(rest, Ok(Ok(())));
-            }
-        };
-        match wrote {
-            Ok(n) if n > 0 => written += n,
-            _ => {
-                mailbox.close(CloseReason { code: close::NORMAL, text: "" });
-                return false;
-            }
-        }
+    fn close(batch: &mut Vec<u8>, reason: CloseReason) {
+        frame_into(batch, Frame::close(reason.code, reason.text.as_bytes()));
     }
-    true
 }
 
 /// Appends one unmasked frame (a server's) to `batch`.

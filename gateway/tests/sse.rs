@@ -232,24 +232,61 @@ async fn a_quiet_stream_gets_heartbeats_and_stays_open() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_stream_counts_against_the_users_socket_cap() -> anyhow::Result<()> {
-    let stack = one_gateway(&[("GATEWAY_MAX_SOCKETS_PER_USER", "1"), ("GATEWAY_PING_INTERVAL", "300ms")]).await?;
+    // Heartbeats every 20 s (the default): what gives the cap back below is
+    // the gateway reading the client's close, not a failed heartbeat.
+    let stack = one_gateway(&[("GATEWAY_MAX_SOCKETS_PER_USER", "1")]).await?;
     let addr = stack.gateways[0].addr;
     let (_, cookies) = login(addr, &testkit::unique("cap")).await?;
     let (first, _) = stream(addr, &cookies).await?;
     let second = ws::connect_with_cookies(addr, Some(&cookies), None).await;
     assert!(matches!(second, Err(Refused::Status(503))), "{second:?}");
     drop(first);
-    // The gateway notices the stream is gone at its next heartbeat.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match sse::connect(addr, Some(&cookies), None).await {
             Ok(_) => break,
             Err(Refused::Status(503)) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(other) => anyhow::bail!("the cap was not given back: {other:?}"),
+            Err(other) => anyhow::bail!("the cap was not given back within 5 s of the client leaving: {other:?}"),
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_is_an_http_1_0_response_framed_by_its_close() -> anyhow::Result<()> {
+    let stack = one_gateway(&[]).await?;
+    let addr = stack.gateways[0].addr;
+    let (_, cookies) = login(addr, &testkit::unique("raw")).await?;
+    let mut raw = tokio::net::TcpStream::connect(addr).await?;
+    let request =
+        format!("GET /sse HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nCookie: {cookies}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut raw, request.as_bytes()).await?;
+    let mut read = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut raw, &mut chunk))
+            .await
+            .context("the head in time")??;
+        anyhow::ensure!(n > 0, "closed before the first event: {}", String::from_utf8_lossy(&read));
+        read.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&read);
+        if let Some(end) = text.find("\r\n\r\n")
+            && text[end..].contains("\n\n")
+        {
+            break end;
+        }
+    };
+    let text = String::from_utf8_lossy(&read).into_owned();
+    let (head, body) = text.split_at(head_end);
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(!head.contains("content-length") && !head.contains("transfer-encoding"), "no framing: {head}");
+    // The events follow the head as they are, no chunk sizes between.
+    assert!(body[4..].starts_with("data: {\"type\":\"welcome\""), "{body:?}");
     Ok(())
 }
 

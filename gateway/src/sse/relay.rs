@@ -63,8 +63,9 @@ impl From<SubscribeError> for RelayError {
 pub struct Relay {
     subscriptions: Arc<Subscriptions>,
     redis: SharedConnection,
-    /// Each stream's inbox and mailbox, by channel.
-    streams: Mutex<HashMap<String, Open>>,
+    /// Each stream's inbox and mailbox, by channel (one allocation of the
+    /// name per stream, shared with the stream and the subscriptions).
+    streams: Mutex<HashMap<Arc<str>, Open>>,
 }
 
 #[derive(Debug)]
@@ -125,7 +126,7 @@ impl Relay {
         Self { subscriptions, redis, streams: Mutex::default() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Open>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Open>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -134,11 +135,11 @@ impl Relay {
     ///
     /// # Errors
     /// When the subscription is down or Redis refuses it.
-    pub async fn open(&self, channel: &str, mailbox: Mailbox) -> Result<Arc<Inbox>, RelayError> {
+    pub async fn open(&self, channel: &Arc<str>, mailbox: Mailbox) -> Result<Arc<Inbox>, RelayError> {
         let inbox = Arc::new(Inbox::default());
-        self.lock().insert(channel.to_owned(), Open { inbox: inbox.clone(), mailbox });
+        self.lock().insert(channel.clone(), Open { inbox: inbox.clone(), mailbox });
         if let Err(error) = self.subscriptions.subscribe(channel).await {
-            self.lock().remove(channel);
+            self.lock().remove(&**channel);
             return Err(error.into());
         }
         Ok(inbox)
