@@ -20,7 +20,7 @@ use crate::mailbox::{CloseReason, Mailbox, Outbound, close};
 use crate::metrics;
 
 /// The most bytes of queued frames one write takes.
-pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// How long a socket's last words may take to go out; a peer that does not
 /// take them in time (it stopped reading) gets its connection dropped.

@@ -14,8 +14,6 @@
 //! [`crate::writer`] put everything queued into one buffer and one `write`
 //! call, instead of one system call per frame.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Payload, Role, WebSocketError};
 use tokio::io::AsyncReadExt;
@@ -28,7 +26,7 @@ use crate::metrics;
 use crate::protocol::FrameError;
 use crate::session::Session;
 use crate::wire::{self, RequireMask};
-use crate::writer::{Framing, Writer, write_loop};
+use crate::writer::{CLOSE_TIMEOUT, Framing, Writer, write_loop};
 
 /// What the reader reads: bytes hyper read past the handshake, then the
 /// socket, checked for masking.
@@ -172,10 +170,6 @@ fn close_code(payload: &[u8]) -> u16 {
         _ => close::NORMAL,
     }
 }
-
-/// How long the peer has to close its side after the close frame; a peer
-/// that takes longer gets its connection dropped instead.
-const CLOSE_TIMEOUT: Duration = crate::writer::CLOSE_TIMEOUT;
 
 /// After the close frame went out (and, with the writer gone, a FIN), reads
 /// and discards whatever the client still sends until it closes too, for at
